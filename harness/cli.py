@@ -1,0 +1,128 @@
+"""The `mfcbench` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_datasets(args) -> int:
+    from .data import dataset_status
+
+    if args.action == "show":
+        return _show_dataset(args)
+    rows = dataset_status(args.data_root)
+    width = max(len(name) for name, _, _ in rows)
+    for name, available, summary in rows:
+        print(f"{name:<{width}}  {'available' if available else 'missing  '}  {summary}")
+    print(f"{'npz:PATH':<{width}}  {'-':<9}  your own images: arrays x, optional y_<factor>, x_test, y_test_<factor>")
+    return 0
+
+
+def _show_dataset(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .data import load_dataset
+
+    if not args.name:
+        raise SystemExit("mfcbench datasets show: give a dataset name")
+    data = load_dataset(args.name, args.data_root)
+    factor = args.factor or next(iter(data.factors))
+    if factor not in data.y_train:
+        raise SystemExit(f"dataset {data.name} has no factor {factor!r}; factors: {', '.join(data.factors)}")
+    y = data.y_train[factor].numpy()
+    values = np.unique(y)
+    fig, axes = plt.subplots(len(values), args.per_row, figsize=(args.per_row * 0.6, len(values) * 0.6),
+                             squeeze=False)
+    rng = np.random.default_rng(0)
+    for r, value in enumerate(values):
+        index = np.flatnonzero(y == value)
+        chosen = rng.choice(index, size=min(args.per_row, len(index)), replace=False)
+        for c in range(args.per_row):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(chosen):
+                image = data.x_train[chosen[c]].permute(1, 2, 0).numpy()
+                ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+        axes[r, 0].set_title(f"{factor}={value}", fontsize=6, loc="left")
+    fig.tight_layout()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}: {len(values)} rows ({factor}), {args.per_row} examples each")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .config import load_trial_config
+    from .trainer import TrialFailed, run_trial
+
+    config = load_trial_config(args.config, args.set or [])
+    out = Path(args.out or f"runs/{Path(str(args.config or 'default')).stem}-seed{config.training.seed}")
+    if out.exists() and (out / "checkpoint.pt").exists() and not args.resume:
+        raise SystemExit(f"{out} already holds a run; pass --resume to continue it or --out for a new folder")
+    try:
+        result = run_trial(config, out, resume=args.resume)
+    except TrialFailed as error:
+        print(f"trial failed: {error}\nfailure record: {out / 'result.json'}", file=sys.stderr)
+        return 1
+    print(f"done in {result['wall_time_s']:.1f}s; results in {out}/ (metrics.jsonl, result.json, checkpoint.pt)")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .config import load_trial_config
+    from .trainer import run_trial
+
+    config = load_trial_config(None, ["model.latent_dims=[10]", "model.n_clusters=[10]",
+                                      "training.epochs_per_step=[30]", "training.batch_size=128",
+                                      "training.lr=0.002", "evaluation.every_n_epochs=5"])
+    run_trial(config, Path(args.out), resume=False)
+    print(f"demo finished: {Path(args.out) / 'metrics.jsonl'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mfcbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("datasets", help="list datasets, or draw examples of one")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--factor", help="one row of examples per value of this factor")
+    p.add_argument("--out", default="dataset.png")
+    p.add_argument("--per-row", type=int, default=10)
+    p.add_argument("--data-root", help="folder holding downloaded datasets")
+    p.set_defaults(func=_cmd_datasets)
+
+    p = sub.add_parser("train", help="train and evaluate one trial")
+    p.add_argument("--config", help="trial YAML file or preset (paper-mnist, paper-3dshapes, paper-svhn, ...)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.latent_dims=[5,5]")
+    p.add_argument("--out", help="run folder (default runs/<config>-seed<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("demo", help="the embedded default: offline data, runs on a laptop")
+    p.add_argument("--out", default="runs/demo")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+    from .data import DatasetError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError) as error:
+        print(f"mfcbench: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

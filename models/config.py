@@ -1,0 +1,78 @@
+"""The typed model configuration: every model in the zoo is built from one `ModelConfig`."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+ModelName = Literal["mfcvae", "vade", "kmeans", "gmm"]
+Architecture = Literal["ladder-mlp", "ladder-conv", "shared-mlp", "shared-conv"]
+
+
+class ModelConfig(BaseModel):
+    """One model. Lists indexed by facet run 1..J as in the paper (facet J is the deepest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ModelName = "mfcvae"
+    architecture: Architecture = "ladder-mlp"
+    latent_dims: list[PositiveInt] = Field(default_factory=lambda: [5, 5], min_length=1)
+    n_clusters: list[PositiveInt] = Field(default_factory=lambda: [25, 25], min_length=1)
+    hidden_sizes: Optional[list[PositiveInt]] = Field(
+        default=None,
+        description="ladder: one width (mlp) or channel count (conv) per facet; shared: the backbone's "
+                    "layer widths/channels. None: the paper's sizes (Tables 4-6).")
+    covariance: Literal["diagonal", "full"] = "diagonal"
+    fix_pi: bool = False
+    likelihood: Literal["auto", "bernoulli", "gaussian"] = Field(
+        default="auto", description="auto: the dataset's suggestion")
+    likelihood_std: PositiveFloat = 0.3
+    activation: Literal["relu", "elu", "leaky_relu"] = "relu"
+    init: Literal["glorot", "data"] = "glorot"
+    prior_variance_init: PositiveFloat = 0.01
+    prior_init_latents: Literal["mean", "sample"] = Field(
+        default="mean", description="latents the initial GMM is fitted on: posterior means or samples")
+    elbo_form: Literal["primary", "alternate"] = "primary"
+    pretrain_epochs: int = Field(default=0, ge=0, description="VaDE: autoencoder pretraining epochs")
+    features: Literal["pixels", "pca"] = Field(default="pixels", description="kmeans/gmm inputs")
+    pca_components: PositiveInt = 50
+
+    @property
+    def n_facets(self) -> int:
+        return len(self.latent_dims)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelConfig":
+        if len(self.latent_dims) != len(self.n_clusters):
+            raise ValueError(
+                f"latent_dims has {len(self.latent_dims)} facets but n_clusters has {len(self.n_clusters)}; "
+                "give one entry per facet in both")
+        if self.name == "vade":
+            if self.n_facets != 1:
+                raise ValueError(f"vade is single-facet: latent_dims must have 1 entry, got {self.latent_dims}")
+            if self.covariance != "diagonal":
+                raise ValueError("vade restricts the prior to diagonal covariances (appendix D.5); "
+                                 f"covariance must be 'diagonal', got {self.covariance!r}")
+            if not self.architecture.startswith("shared"):
+                raise ValueError(f"vade uses a shared architecture (shared-mlp or shared-conv), got {self.architecture!r}")
+        if self.name in ("kmeans", "gmm") and self.n_facets != 1:
+            raise ValueError(f"{self.name} finds one partition: n_clusters must have 1 entry, got {self.n_clusters}")
+        if self.hidden_sizes is not None and self.architecture.startswith("ladder") \
+                and len(self.hidden_sizes) != self.n_facets:
+            raise ValueError(
+                f"hidden_sizes for a ladder needs one entry per facet ({self.n_facets}), got {self.hidden_sizes}")
+        return self
+
+    def resolved_hidden_sizes(self) -> list[int]:
+        """The paper's layer sizes where `hidden_sizes` is not given."""
+        if self.hidden_sizes is not None:
+            return list(self.hidden_sizes)
+        if self.architecture == "ladder-mlp":  # Table 4 (J=2): 500, 2000; more facets interpolate
+            if self.n_facets == 1:
+                return [500]
+            return [int(round(500 * 4 ** (j / (self.n_facets - 1)))) for j in range(self.n_facets)]
+        if self.architecture == "ladder-conv":  # Table 5: 64, 128 channels; doubling per facet
+            return [64 * 2 ** j for j in range(self.n_facets)]
+        if self.architecture == "shared-mlp":  # Table 6 (MFCVAE) and VaDE's 500-500-2000
+            return [500, 500, 2000] if self.name == "vade" else [500, 2000]
+        return [32, 64, 128]  # shared-conv

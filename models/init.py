@@ -1,0 +1,56 @@
+"""Initialisation (appendix D.4): Glorot or data-dependent weights, and the prior from a fitted GMM."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+
+
+def glorot_init(module: nn.Module) -> None:
+    """Glorot-normal weights and zero biases for every linear and convolutional layer."""
+    for layer in module.modules():
+        if isinstance(layer, WEIGHTED):
+            nn.init.xavier_normal_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+@torch.no_grad()
+def data_dependent_init(model: nn.Module, run_forward) -> None:
+    """Data-dependent initialisation in the spirit of Kraehenbuehl et al. [61].
+
+    During one forward pass on a data batch (`run_forward()`), every linear/conv layer, in the order
+    it runs, is rescaled so that its outputs have zero mean and unit variance per unit/channel;
+    later layers see the already-normalised outputs, so all layers start at a similar scale.
+    """
+    def normalise(layer, inputs, output):
+        dims = [0] + list(range(2, output.ndim))
+        mean = output.mean(dims)
+        std = output.std(dims).clamp_min(1e-6)
+        view = [1, -1] + [1] * (output.ndim - 2)
+        w_view = [-1] + [1] * (layer.weight.ndim - 1)
+        if isinstance(layer, nn.ConvTranspose2d):  # weight is (in, out, kH, kW)
+            w_view = [1, -1, 1, 1]
+        layer.weight.div_(std.view(w_view))
+        if layer.bias is not None:
+            layer.bias.sub_(mean).div_(std)
+        return (output - mean.view(view)) / std.view(view)
+
+    handles = [m.register_forward_hook(normalise) for m in model.modules() if isinstance(m, WEIGHTED)]
+    try:
+        run_forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def fit_gmm(latents: np.ndarray, n_clusters: int, seed: int):
+    """A diagonal-covariance GaussianMixture on (N, d) latents, as the authors fit it."""
+    from sklearn.mixture import GaussianMixture
+
+    if len(latents) < n_clusters:
+        raise ValueError(f"cannot fit {n_clusters} mixture components to {len(latents)} training points")
+    return GaussianMixture(n_components=n_clusters, covariance_type="diag", random_state=seed,
+                           reg_covar=1e-5).fit(latents)

@@ -1,0 +1,50 @@
+"""p(x | z): the decoder's raw output -> a factorised distribution over pixels.
+
+Bernoulli uses the logits form, which is valid on grey pixels in [0, 1] (the probability form's
+argument validation rejects them). Gaussian has a fixed standard deviation (Table 3) and takes
+sigmoid(output) as its mean, so both likelihoods see data in [0, 1].
+"""
+from __future__ import annotations
+
+import torch
+from torch.distributions import Bernoulli, Independent, Normal
+
+
+class BernoulliLikelihood:
+    name = "bernoulli"
+
+    def distribution(self, output: torch.Tensor) -> Independent:
+        return Independent(Bernoulli(logits=output, validate_args=False), output.ndim - 1)
+
+    def log_prob(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """sum over pixels of log Bern(x | sigmoid(output)): (B, ...) -> (B,)."""
+        return self.distribution(output).log_prob(x)
+
+    def mean(self, output: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(output)
+
+
+class GaussianLikelihood:
+    name = "gaussian"
+
+    def __init__(self, std: float):
+        if std <= 0:
+            raise ValueError(f"likelihood_std must be > 0, got {std}")
+        self.std = float(std)
+
+    def distribution(self, output: torch.Tensor) -> Independent:
+        return Independent(Normal(torch.sigmoid(output), self.std), output.ndim - 1)
+
+    def log_prob(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.distribution(output).log_prob(x)
+
+    def mean(self, output: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(output)
+
+
+def make_likelihood(name: str, std: float = 0.3):
+    if name == "bernoulli":
+        return BernoulliLikelihood()
+    if name == "gaussian":
+        return GaussianLikelihood(std)
+    raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {name!r}")

@@ -1,0 +1,180 @@
+"""Multi-Facet Clustering VAE (Falck et al., NeurIPS 2021).
+
+Generative model (eq. 2): p(x, z, c) = p(x | z_1..z_J) prod_j p(z_j | c_j) p(c_j).
+Posterior: q(z_j | x) diagonal Gaussians from the encoder; q(c_j | x) from the multi-facet VaDE
+trick, eq. (12), with the z_j sample (training) or the posterior mean (evaluation: `cluster_probs`).
+Loss: the one-sample ELBO, primary (eq. 62) or alternate (eq. 71) form; with progressive training
+the fade-in coefficients `alphas` scale decoder rungs and KL terms (eq. 88-89).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Independent, Normal
+
+from . import elbo as elbo_terms
+from .config import ModelConfig
+from .init import data_dependent_init, fit_gmm, glorot_init
+from .ladder import LadderConvDecoder, LadderConvEncoder, LadderMLPDecoder, LadderMLPEncoder
+from .likelihoods import make_likelihood
+from .priors import MixturePrior
+from .shared import SharedConvDecoder, SharedConvEncoder, SharedMLPDecoder, SharedMLPEncoder
+
+NETWORKS = {
+    "ladder-mlp": (LadderMLPEncoder, LadderMLPDecoder, True),
+    "ladder-conv": (LadderConvEncoder, LadderConvDecoder, False),
+    "shared-mlp": (SharedMLPEncoder, SharedMLPDecoder, True),
+    "shared-conv": (SharedConvEncoder, SharedConvDecoder, False),
+}
+
+
+def posterior(params: tuple[torch.Tensor, torch.Tensor]) -> Independent:
+    """q(z_j | x) as a diagonal Gaussian from (mean, log variance)."""
+    mean, log_var = params
+    return Independent(Normal(mean, torch.exp(0.5 * log_var)), 1)
+
+
+class MFCVAE(nn.Module):
+    def __init__(self, config: ModelConfig, input_shape: tuple[int, int, int], likelihood: str):
+        super().__init__()
+        self.config = config
+        self.input_shape = tuple(input_shape)
+        encoder_cls, decoder_cls, flat_input = NETWORKS[config.architecture]
+        sizes = config.resolved_hidden_sizes()
+        enc_input = math.prod(self.input_shape) if flat_input else self.input_shape
+        self.encoder = encoder_cls(enc_input, sizes, config.latent_dims, config.activation)
+        self.decoder = decoder_cls(self.input_shape, sizes, config.latent_dims, config.activation)
+        self.priors = nn.ModuleList(
+            MixturePrior(k, d, config.covariance, config.fix_pi, config.prior_variance_init)
+            for k, d in zip(config.n_clusters, config.latent_dims))
+        self.likelihood = make_likelihood(likelihood, config.likelihood_std)
+        # Fade-in coefficients (appendix D.3). Outside training every facet is fully active.
+        self.register_buffer("alphas", torch.ones(config.n_facets))
+        glorot_init(self.encoder)
+        glorot_init(self.decoder)
+
+    @property
+    def n_facets(self) -> int:
+        return len(self.priors)
+
+    # Networks ------------------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per facet, (mean, log variance) of q(z_j | x), each (B, d_j)."""
+        return self.encoder(x)
+
+    def decode(self, zs: list[torch.Tensor], alphas: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's raw output f(z; theta) (logits or pre-sigmoid means), shaped like x."""
+        return self.decoder(zs, self.alphas if alphas is None else alphas)
+
+    def log_likelihood(self, x: torch.Tensor, zs: list[torch.Tensor]) -> torch.Tensor:
+        """log p(x | z_1..z_J), (B,), with every facet fully active."""
+        return self.likelihood.log_prob(self.decode(zs, torch.ones_like(self.alphas)), x)
+
+    @staticmethod
+    def reparameterise(params, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        zs = []
+        for mean, log_var in params:
+            eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            zs.append(mean + torch.exp(0.5 * log_var) * eps)
+        return zs
+
+    # The objective -------------------------------------------------------------------------------
+    def loss_terms(self, x: torch.Tensor, form: str | None = None, alphas: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> dict:
+        """One-sample ELBO (B,) and its parts; `alphas` None uses the model's current fade-in."""
+        alphas = self.alphas if alphas is None else alphas
+        params = self.encode(x)
+        zs = self.reparameterise(params, generator)
+        log_px = self.likelihood.log_prob(self.decode(zs, alphas), x)
+        facets = [
+            elbo_terms.facet_terms(prior.log_prob_given_c(z), prior.log_weights, posterior(p).log_prob(z),
+                                   form or self.config.elbo_form)
+            for prior, z, p in zip(self.priors, zs, params)
+        ]
+        return {"elbo": elbo_terms.elbo(log_px, facets, alphas), "log_px": log_px, "facets": facets, "zs": zs,
+                "params": params}
+
+    def elbo(self, x: torch.Tensor, form: str = "primary", generator: torch.Generator | None = None) -> torch.Tensor:
+        """One-sample ELBO estimate (B,) with all facets fully active: eq. (62) or eq. (71)."""
+        return self.loss_terms(x, form, torch.ones_like(self.alphas), generator)["elbo"]
+
+    # Clustering, generation, composition -----------------------------------------------------------
+    @torch.no_grad()
+    def cluster_probs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """q(c_j | x) per facet (B, K_j), eq. (12) evaluated at the posterior mean of z_j."""
+        return [prior.cluster_log_probs(mean).exp() for prior, (mean, _) in zip(self.priors, self.encode(x))]
+
+    @torch.no_grad()
+    def posterior_means(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [mean for mean, _ in self.encode(x)]
+
+    @torch.no_grad()
+    def sample(self, n: int, facet: int | None = None, cluster: int | None = None, temperature: float = 1.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Generated images, the mean of p(x | z) (section 4.4, appendix E.6).
+
+        With `facet` and `cluster`, z_facet ~ p(z_facet | c = cluster) and the other facets from
+        their marginals p(z_j); otherwise every facet from its marginal. `temperature` scales
+        every covariance. Facets are numbered 1..J.
+        """
+        if (facet is None) != (cluster is None):
+            raise ValueError("give both facet and cluster, or neither")
+        if facet is not None and not 1 <= facet <= self.n_facets:
+            raise ValueError(f"facet must be in 1..{self.n_facets}, got {facet}")
+        zs = [prior.sample(n, cluster if facet == j + 1 else None, temperature, generator)
+              for j, prior in enumerate(self.priors)]
+        return self.likelihood.mean(self.decode(zs, torch.ones_like(self.alphas)))
+
+    @torch.no_grad()
+    def swap(self, x1: torch.Tensor, x2: torch.Tensor, facet: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstructions of x1 and x2 with facet `facet`'s latent (posterior mode) exchanged (E.4)."""
+        if not 1 <= facet <= self.n_facets:
+            raise ValueError(f"facet must be in 1..{self.n_facets}, got {facet}")
+        z1, z2 = self.posterior_means(x1), self.posterior_means(x2)
+        z1[facet - 1], z2[facet - 1] = z2[facet - 1], z1[facet - 1]
+        ones = torch.ones_like(self.alphas)
+        return self.likelihood.mean(self.decode(z1, ones)), self.likelihood.mean(self.decode(z2, ones))
+
+    # Before training -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def latents(self, x: torch.Tensor, sample: bool, batch_size: int = 1024,
+                generator: torch.Generator | None = None) -> list[np.ndarray]:
+        """Per facet, (N, d_j) latents of q(z_j | x) over `x`: samples or means."""
+        chunks = [[] for _ in self.priors]
+        for start in range(0, len(x), batch_size):
+            params = self.encode(x[start:start + batch_size])
+            zs = self.reparameterise(params, generator) if sample else [m for m, _ in params]
+            for j, z in enumerate(zs):
+                chunks[j].append(z.cpu().numpy().astype(np.float64))
+        return [np.concatenate(c) for c in chunks]
+
+    def prepare(self, x_train: torch.Tensor, seed: int, batch_size: int, lr: float,
+                log: Callable[[str], None] = print) -> None:
+        """Appendix D.4: data-dependent init (if configured), then the prior means from a GMM.
+
+        The GMM is fitted on latents of q(z_j | x) from the untrained encoder over the whole
+        training set: its posterior means by default, as the authors' code does, or samples
+        (`prior_init_latents="sample"`, one reading of the paper's wording). Samples from an
+        untrained encoder are dominated by its unit variance: on `digits` (J=1, K=10, 100 epochs)
+        they led to one cluster in use where means reached 0.64 accuracy. Mixing weights start
+        uniform and covariances at `prior_variance_init` on the diagonal.
+        """
+        generator = torch.Generator(device=x_train.device).manual_seed(seed)
+        if self.config.init == "data":
+            batch = x_train[torch.randperm(len(x_train), generator=generator, device=x_train.device)[:512]]
+            was_training = self.training
+            self.train()
+            data_dependent_init(self, lambda: self.loss_terms(batch, generator=generator))
+            self.train(was_training)
+        self.eval()
+        latents = self.latents(x_train, sample=self.config.prior_init_latents == "sample", generator=generator)
+        for j, (prior, z) in enumerate(zip(self.priors, latents)):
+            gmm = fit_gmm(z, prior.n_clusters, seed)
+            prior.set_means(torch.as_tensor(gmm.means_, dtype=prior.means.dtype, device=prior.means.device))
+            prior.reset_covariances(self.config.prior_variance_init)
+            log(f"prior init facet {j + 1}: GMM with {prior.n_clusters} components on {len(z)} latents")
+        self.train()

@@ -86,6 +86,29 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from .sweep import describe, load_sweep
+    from .tune_runner import SweepError, run_sweep
+
+    sweep, trials = load_sweep(args.file)  # every problem reported here, before Ray starts
+    if args.dry_run:
+        print(describe(sweep, trials))
+        return 0
+    storage = args.storage or sweep.storage
+    try:
+        results = run_sweep(sweep, trials, storage, name=args.name, address=args.address, resume=args.resume,
+                            retry_errored=args.retry_errored, source_text=Path(args.file).read_text(),
+                            ray_temp_dir=args.ray_temp_dir)
+    except SweepError as error:
+        print(f"mfcbench sweep: {error}", file=sys.stderr)
+        return 2
+    errors = sum(1 for r in results if r.error is not None)
+    experiment = Path(storage).expanduser().resolve() / (args.name or sweep.name)
+    print(f"sweep finished: {len(results)} trials, {errors} errored; experiment folder {experiment}")
+    print(f"report it with: mfcbench report {experiment} --out {experiment}/report")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mfcbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<config>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sweep", help="run a sweep file on Ray Tune")
+    p.add_argument("file", help="a sweep YAML, e.g. sweeps/demo.yaml")
+    p.add_argument("--address", help="join an existing Ray cluster (default: start a local one on 127.0.0.1)")
+    p.add_argument("--storage", help="folder for experiment folders (default: the file's `storage`)")
+    p.add_argument("--name", help="experiment name (default: the file's `name`)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted sweep in the same storage")
+    p.add_argument("--retry-errored", action="store_true", help="with --resume: run errored trials again")
+    p.add_argument("--dry-run", action="store_true", help="print the trials and resources; start nothing")
+    p.add_argument("--ray-temp-dir", help="where a local Ray keeps its session files (default /tmp/ray)")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("demo", help="the embedded default: offline data, runs on a laptop")
     p.add_argument("--out", default="runs/demo")

@@ -98,16 +98,17 @@ class TrialConfig(BaseModel):
         return self
 
 
-def _format_errors(error: ValidationError) -> str:
+def format_errors(error: ValidationError, prefix: str = "", indent: str = "  ") -> str:
+    """One line per problem: `key.path: message (got value)`."""
     lines = []
     for item in error.errors():
-        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        path = prefix + ".".join(str(p) for p in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         elif "input" in item and not isinstance(item["input"], dict):
             message += f" (got {item['input']!r})"
-        lines.append(f"  {path}: {message}")
+        lines.append(f"{indent}{path}: {message}")
     return "\n".join(lines)
 
 
@@ -128,7 +129,7 @@ def validate(cls: type[BaseModel], data: dict, what: str):
     except ValidationError as error:
         unknown = any(item["type"] == "extra_forbidden" for item in error.errors())
         hint = f"\nallowed keys: {', '.join(allowed_keys(cls))}" if unknown else ""
-        raise ConfigError(f"invalid {what}:\n{_format_errors(error)}{hint}") from None
+        raise ConfigError(f"invalid {what}:\n{format_errors(error)}{hint}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

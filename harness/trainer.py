@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -205,7 +206,7 @@ class Trial:
             if "cuda_rng" in ckpt and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(list(ckpt["cuda_rng"]))
             start_epoch, step = ckpt["epoch"], ckpt["step"]
-            state.update(ckpt["timing"])
+            state.update(ckpt["timing"], resumed_at_epoch=start_epoch)
             self._truncate_metrics(start_epoch)
             self.log(f"resumed from {self.checkpoint_path} at epoch {start_epoch}")
         else:
@@ -253,9 +254,10 @@ class Trial:
         state["eval_time"] += time.time() - t
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
+        timing = {k: state[k] for k in ("train_time", "eval_time", "samples")}
         ckpt = {"model": model.state_dict(), "optimizer": optimiser.state_dict(), "epoch": epoch + 1,
                 "step": step, "torch_rng": torch.get_rng_state(), "data_rng": generator.get_state(),
-                "timing": dict(state), "config": self.config.model_dump(mode="json")}
+                "timing": timing, "config": self.config.model_dump(mode="json")}
         if torch.cuda.is_available():
             ckpt["cuda_rng"] = torch.cuda.get_rng_state_all()
         tmp = self.checkpoint_path.with_suffix(".pt.tmp")
@@ -285,6 +287,9 @@ class Trial:
         wall = time.time() - started
         result = {
             "status": status, "error": error, "final": final,
+            "started_at": datetime.fromtimestamp(started).isoformat(timespec="milliseconds"),
+            "finished_at": datetime.now().isoformat(timespec="milliseconds"),
+            "resumed_at_epoch": state.get("resumed_at_epoch"),
             "config": self.config.model_dump(mode="json"), "seed": self.config.training.seed,
             "wall_time_s": wall, "train_time_s": state["train_time"], "eval_time_s": state["eval_time"],
             "samples_per_s": state["samples"] / state["train_time"] if state["train_time"] else None,

@@ -24,7 +24,7 @@ def check_common(data, shape, n_train, n_test, factors):
 def test_digits():
     data = load_dataset("digits")
     check_common(data, (1, 8, 8), 1438, 359, {"digit": 10})
-    assert data.likelihood == "bernoulli"
+    assert data.likelihood == "gaussian"  # 35% of pixels are mid-grey: not near-binary
     again = load_dataset("digits")
     assert torch.equal(data.x_train, again.x_train)
     other = load_dataset("digits", split_seed=1)
@@ -132,6 +132,14 @@ def test_3dshapes_fixture(tmp_path, config):
         top_red = data.x_train[:, 0, :16, :].mean((1, 2))
         expected = data.y_train["floor_hue"].float() * 0.1
         assert torch.allclose(top_red, expected, atol=0.01)
+
+
+def test_suggested_likelihood_follows_grey_share(tmp_path):
+    binary = (np.random.default_rng(0).random((20, 8, 8)) > 0.7).astype(np.float32)
+    np.savez(tmp_path / "b.npz", x=binary)
+    assert load_dataset(f"npz:{tmp_path / 'b.npz'}").likelihood == "bernoulli"
+    np.savez(tmp_path / "g.npz", x=np.random.default_rng(0).random((20, 8, 8)))
+    assert load_dataset(f"npz:{tmp_path / 'g.npz'}").likelihood == "gaussian"
 
 
 def test_npz_roundtrip_and_scaling(tmp_path):

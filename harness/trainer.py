@@ -161,7 +161,8 @@ class Trial:
         model = build_model(cfg.model, data.image_shape, data.likelihood)
         self.log(f"trial {self.run_dir.name}: {cfg.model.name}/{cfg.model.architecture} on {data.name} "
                  f"({data.describe()}), seed {seed}, device {device}")
-        state = {"train_time": 0.0, "eval_time": 0.0, "samples": 0}
+        state = {"train_time": 0.0, "eval_time": 0.0, "samples": 0,
+                 "likelihood": getattr(getattr(model, "likelihood", None), "name", None)}
         try:
             if isinstance(model, ClusteringBaseline):
                 final = self._run_baseline(model, data, state)
@@ -289,7 +290,7 @@ class Trial:
             "status": status, "error": error, "final": final,
             "started_at": datetime.fromtimestamp(started).isoformat(timespec="milliseconds"),
             "finished_at": datetime.now().isoformat(timespec="milliseconds"),
-            "resumed_at_epoch": state.get("resumed_at_epoch"),
+            "resumed_at_epoch": state.get("resumed_at_epoch"), "likelihood": state["likelihood"],
             "config": self.config.model_dump(mode="json"), "seed": self.config.training.seed,
             "wall_time_s": wall, "train_time_s": state["train_time"], "eval_time_s": state["eval_time"],
             "samples_per_s": state["samples"] / state["train_time"] if state["train_time"] else None,

@@ -1,0 +1,135 @@
+"""Finished sweeps and runs -> tidy pandas frames. Reads files only; imports no training code.
+
+A run folder is any folder with `config.yaml` and `result.json` (what `mfcbench train` and every
+sweep trial write). Ray Tune trials that died before their run folder existed are found by
+their `error.txt`. Partially finished sweeps load with what exists.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+IDENTITY = ["experiment", "variant", "dataset", "model", "architecture", "seed"]
+
+
+def run_folders(root: Path) -> list[Path]:
+    root = Path(root)
+    if (root / "config.yaml").exists() and ((root / "result.json").exists() or (root / "metrics.jsonl").exists()):
+        return [root]
+    found = {p.parent for p in root.rglob("config.yaml")
+             if ((p.parent / "result.json").exists() or (p.parent / "metrics.jsonl").exists())
+             and not any(part.startswith("checkpoint_") for part in p.relative_to(root).parts)}
+    return sorted(found)  # Ray's checkpoint_* folders hold copies of run folders: not runs
+
+
+def _variant_of(run_dir: Path, config: dict) -> str:
+    for parent in list(run_dir.parents)[:3]:
+        meta = parent / "mfcbench-trial.json"
+        if meta.exists():
+            return json.loads(meta.read_text())["variant"]
+    m = config["model"]
+    if m["name"] in ("kmeans", "gmm"):
+        return m["name"]
+    return f"{m['name']} {m['architecture']} z={m['latent_dims']} K={m['n_clusters']}"
+
+
+def _experiment_of(run_dir: Path, roots: list[Path]) -> str:
+    for root in roots:
+        if run_dir == root or root in run_dir.parents:
+            return root.name
+    return run_dir.name
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill: the rest is still good
+                continue
+    return rows
+
+
+def load_runs(paths: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, evaluations): one row per run, and one row per run x evaluation."""
+    roots = [Path(p).expanduser().resolve() for p in paths]
+    for root in roots:
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: no such folder")
+    runs, evaluations = [], []
+    for run_dir in sorted({d for root in roots for d in run_folders(root)}):
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        result = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").exists() else {}
+        history = _read_jsonl(run_dir / "metrics.jsonl")
+        identity = {
+            "experiment": _experiment_of(run_dir, roots), "variant": _variant_of(run_dir, config),
+            "dataset": config["dataset"]["name"], "model": config["model"]["name"],
+            "architecture": config["model"]["architecture"], "seed": config["training"]["seed"],
+        }
+        status = result.get("status", "running")
+        final = result.get("final") or (history[-1] if history else {})
+        runs.append({**identity, "status": status, "error": result.get("error"), "run_dir": str(run_dir),
+                     "wall_time_s": result.get("wall_time_s"), "samples_per_s": result.get("samples_per_s"),
+                     "host": result.get("host"), "device": result.get("device"),
+                     "likelihood": result.get("likelihood") or config["model"]["likelihood"],
+                     "config": json.dumps(config, sort_keys=True),
+                     **{k: v for k, v in final.items() if _is_metric(k, v)}})
+        for row in history:
+            evaluations.append({**identity, "run_dir": str(run_dir), "status": status,
+                                **{k: v for k, v in row.items() if _is_metric(k, v)}})
+    runs += _errored_without_runs(roots, {r["run_dir"] for r in runs})
+    return pd.DataFrame(runs), pd.DataFrame(evaluations)
+
+
+def _errored_without_runs(roots: list[Path], known: set[str]) -> list[dict]:
+    """Tune trials that failed before the trainer wrote anything (bad install, OOM at start, ...)."""
+    rows = []
+    for root in roots:
+        for error in root.rglob("error.txt"):
+            trial = error.parent
+            if any(Path(k).is_relative_to(trial) for k in known):
+                continue
+            params = json.loads((trial / "params.json").read_text()) if (trial / "params.json").exists() else {}
+            config = (params.get("grid_point") or params).get("trial", {})
+            rows.append({"experiment": root.name, "variant": (params.get("grid_point") or {}).get("variant", "search"),
+                         "dataset": config.get("dataset", {}).get("name"), "model": config.get("model", {}).get("name"),
+                         "architecture": config.get("model", {}).get("architecture"),
+                         "seed": config.get("training", {}).get("seed"), "status": "failed",
+                         "error": error.read_text().strip().splitlines()[-1][:500], "run_dir": str(trial)})
+    return rows
+
+
+def _is_metric(key: str, value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) or value is None and "/" in key
+
+
+def metric_columns(frame: pd.DataFrame, kind: str) -> list[str]:
+    """Columns like `acc/facet2/shape` for kind "acc"."""
+    return sorted(c for c in frame.columns if c.startswith(kind + "/"))
+
+
+def facet_factor(column: str) -> tuple[str, str]:
+    """`acc/facet2/shape` -> ("2", "shape")."""
+    _, facet, factor = column.split("/", 2)
+    return facet.removeprefix("facet"), factor
+
+
+def with_best_facet(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add `acc/facetmax/<factor>` etc.: the best facet per run for each factor (the paper's headline)."""
+    frame = frame.copy()
+    for kind in ("acc", "nmi", "ari"):
+        by_factor: dict[str, list[str]] = {}
+        for column in metric_columns(frame, kind):
+            facet, factor = facet_factor(column)
+            if facet.isdigit():
+                by_factor.setdefault(factor, []).append(column)
+        for factor, columns in by_factor.items():
+            frame[f"{kind}/facetmax/{factor}"] = frame[columns].max(axis=1, skipna=True) if columns else np.nan
+    return frame

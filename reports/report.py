@@ -1,0 +1,128 @@
+"""`mfcbench report`: finished sweeps and runs -> tables, figures and an HTML index in one folder."""
+from __future__ import annotations
+
+import html
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from . import figures, writers
+from .load import load_runs
+from .optuna_analysis import optuna_sections
+from .summary import failures, pairwise, reference_rows, summary_table
+
+
+@dataclass
+class ReportOptions:
+    lpips_samples: int = 1000  # generated and real images per run; 0 skips LPIPS
+    probes: bool = True
+    run_figures: bool = True
+    probe_max_train: int = 10000
+
+
+def build_report(paths: list[str | Path], out: str | Path, options: ReportOptions = ReportOptions(),
+                 log: Callable[[str], None] = print) -> Path:
+    """Write summary.{csv,md,tex}, figures and index.html into `out`; returns the index path.
+
+    Everything is written into a temporary folder next to `out` and moved into place at the end,
+    so an interrupted report never leaves half-written files behind.
+    """
+    out = Path(out).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs, evaluations = load_runs(paths)
+    if runs.empty:
+        raise ValueError(f"no runs found under {', '.join(map(str, paths))} (looked for folders with "
+                         "config.yaml and result.json or metrics.jsonl)")
+    log(f"read {len(runs)} runs ({(runs['status'] == 'completed').sum()} completed, "
+        f"{(runs['status'] == 'failed').sum()} failed) and {len(evaluations)} evaluations")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        sections = _write_everything(paths, runs, evaluations, staging, options, log)
+        writers.write_text_atomic(staging / "index.html", writers.html_page("mfcbench report", sections))
+        if out.exists():
+            old = out.with_name(f".{out.name}-old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.replace(old)
+            staging.replace(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.replace(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / "index.html"
+
+
+def _write_everything(paths, runs: pd.DataFrame, evaluations: pd.DataFrame, out: Path, options: ReportOptions,
+                      log) -> list[tuple[str, str]]:
+    table = summary_table(runs)
+    reported = reference_rows(table)
+    full = pd.concat([table, reported], ignore_index=True) if not reported.empty else table
+    full.to_csv(out / "summary.csv", index=False)
+    shown = writers.display_table(full)
+    writers.write_text_atomic(out / "summary.md", writers.to_markdown(shown))
+    writers.write_text_atomic(out / "summary.tex", writers.to_latex(shown))
+    runs.to_csv(out / "runs.csv", index=False)
+    evaluations.to_csv(out / "evaluations.csv", index=False)
+    pairs = pairwise(runs)
+    pairs.to_csv(out / "pairwise.csv", index=False)
+    failed = failures(runs)
+    failed.to_csv(out / "failures.csv", index=False)
+
+    images = figures.stability_curves(evaluations, out) + figures.best_of_n_curves(runs, out)
+    n_cells = full.groupby(["dataset", "variant"]).size() if not full.empty else []
+    sections = [
+        ("Clustering accuracy", "<p class='note'>One row per dataset, variant, facet and factor over completed "
+         "runs: mean ± sample std (ddof=1) and a 95% percentile-bootstrap CI of the mean; IQM is the "
+         "interquartile mean. Facet <code>max</code> takes each run's best facet for the factor (the paper's "
+         "headline). <b>Bold</b>: best value in its (dataset, facet, factor) block. Grey rows are numbers "
+         f"reported in the paper. Cells: {len(n_cells)}; n per cell is shown.</p>"
+         + writers.to_html_table(shown)),
+        ("Pairwise comparison", "<p class='note'>P(A &gt; B): the probability that a random run of A beats a "
+         "random run of B on best-facet accuracy (ties count half), with a 95% bootstrap CI.</p>"
+         + writers.to_html_table(pairs.round(3))),
+    ]
+    sections += _extra_sections(runs, out, options, log)
+    sections += optuna_sections([Path(p).expanduser().resolve() for p in paths], runs, out)
+    sections.append(("Figures", "".join(
+        f"<p><img src='{html.escape(p.name)}' alt='{html.escape(p.stem)}'></p>" for p in sorted(images))
+        or "<p><em>no evaluations yet</em></p>"))
+    sections.append(("Failed runs", f"<p>{len(failed)} failed run(s), not counted in the statistics.</p>"
+                     + writers.to_html_table(failed)))
+    return sections
+
+
+def _extra_sections(runs, out, options, log) -> list[tuple[str, str]]:
+    """Sections that need trained models; each is skipped when it does not apply."""
+    from . import model_analyses
+    from .lpips_weights import LpipsWeightsMissing
+
+    sections = []
+    if options.lpips_samples:
+        try:
+            table = model_analyses.lpips_table(runs, options.lpips_samples, log=log)
+            table.to_csv(out / "lpips.csv", index=False)
+            sections.append(("LPIPS diversity", "<p class='note'>Mean AlexNet LPIPS over random pairs of "
+                             f"{options.lpips_samples} generated samples per run (section 4.4 sampling, temperature "
+                             "1), and of real test images; grey repeated to 3 channels and upsampled to 32x32. "
+                             "Higher is more diverse.</p>" + writers.to_html_table(table.round(4))))
+        except LpipsWeightsMissing as error:
+            log(f"LPIPS skipped: {error}")
+            sections.append(("LPIPS diversity", f"<p>skipped: {html.escape(str(error))}</p>"))
+    if options.probes:
+        table = model_analyses.probe_table(runs, options.probe_max_train, log=log)
+        table.to_csv(out / "probes.csv", index=False)
+        sections.append(("Disentanglement probes", "<p class='note'>scikit-learn MLPClassifier (default "
+                         "settings) trained on train-set latents sampled from q(z_j|x), test accuracy per factor, "
+                         "mean ± std over runs (Table 1).</p>" + writers.to_html_table(table.round(4))))
+    if options.run_figures:
+        images = model_analyses.run_figures(runs, out, log=log)
+        sections.append(("Clusters, samples and swaps", f"<p class='note'>From one run per variant: "
+                         f"{model_analyses.FIGURE_RULE}. Clusters sorted by mean assignment probability over "
+                         "the test set, inputs by their assignment probability (Fig. 4); samples per cluster "
+                         "(Fig. 6); facet swaps (Fig. 5).</p>" + "".join(
+                             f"<p><img src='{html.escape(p.name)}'></p>" for p in images)))
+    return sections

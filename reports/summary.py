@@ -1,0 +1,87 @@
+"""The benchmark table: one row per (dataset, variant, facet, factor), reference rows beside it."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+
+from . import reference
+from .load import facet_factor, metric_columns, with_best_facet
+from .stats import describe, probability_of_improvement
+
+BEST_HIGHER = ("acc_mean", "nmi_mean", "ari_mean", "elbo_mean")
+
+
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    if runs.empty:
+        return pd.DataFrame()
+    done = with_best_facet(runs[runs["status"] == "completed"])
+    failed = runs[runs["status"] == "failed"].groupby(["dataset", "variant"]).size()
+    rows = []
+    for (dataset, variant), group in done.groupby(["dataset", "variant"], sort=True):
+        for column in metric_columns(group, "acc"):
+            facet, factor = facet_factor(column)
+            if group[column].isna().all():
+                continue
+            acc = describe(group[column].tolist())
+            rows.append({
+                "dataset": dataset, "variant": variant, "facet": facet, "factor": factor,
+                "n": acc["n"], "n_failed": int(failed.get((dataset, variant), 0)),
+                **{f"acc_{k}": v for k, v in acc.items() if k != "n"},
+                "nmi_mean": group[f"nmi/facet{facet}/{factor}"].mean(),
+                "ari_mean": group[f"ari/facet{facet}/{factor}"].mean(),
+                "elbo_mean": group["elbo"].mean() if "elbo" in group else np.nan,
+                "wall_time_s_mean": group["wall_time_s"].mean(),
+                "likelihood": ",".join(sorted(group["likelihood"].dropna().astype(str).unique())),
+                "source": "measured",
+            })
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["best"] = ""
+    for _, block in table.groupby(["dataset", "facet", "factor"]):
+        for column in BEST_HIGHER:
+            if column == "elbo_mean" and block["likelihood"].nunique() > 1:
+                continue  # ELBOs under different likelihoods are not comparable
+            if block[column].notna().any() and len(block) > 1:
+                table.loc[block[column].idxmax(), "best"] += column.removesuffix("_mean") + " "
+    table["best"] = table["best"].str.strip()
+    return table.sort_values(["dataset", "factor", "facet", "variant"]).reset_index(drop=True)
+
+
+def reference_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's numbers for the datasets and factors that were measured (marked as reported)."""
+    if table.empty:
+        return pd.DataFrame()
+    ref = reference.accuracy_frame()
+    measured = set(zip(table["dataset"], table["factor"]))
+    ref = ref[[(d, f) in measured for d, f in zip(ref["dataset"], ref["factor"])]]
+    return pd.DataFrame({"dataset": ref["dataset"], "variant": ref["method"] + " (reported)", "facet": "max",
+                         "factor": ref["factor"], "acc_mean": ref["mean"], "acc_std": ref["std"],
+                         "source": "reported: " + ref["source"]})
+
+
+def pairwise(runs: pd.DataFrame) -> pd.DataFrame:
+    """P(variant A's best-facet accuracy > variant B's) per dataset and factor, with 95% CIs."""
+    done = with_best_facet(runs[runs["status"] == "completed"])
+    rows = []
+    for column in metric_columns(done, "acc"):
+        facet, factor = facet_factor(column)
+        if facet != "max":
+            continue
+        for dataset, group in done.groupby("dataset"):
+            values = {v: g[column].dropna().to_numpy() for v, g in group.groupby("variant")}
+            for a, b in itertools.permutations(sorted(values), 2):
+                if len(values[a]) and len(values[b]):
+                    p = probability_of_improvement(values[a], values[b])
+                    rows.append({"dataset": dataset, "factor": factor, "A": a, "B": b, "P(A>B)": p["p"],
+                                 "ci_low": p["ci_low"], "ci_high": p["ci_high"],
+                                 "n_A": len(values[a]), "n_B": len(values[b])})
+    return pd.DataFrame(rows)
+
+
+def failures(runs: pd.DataFrame) -> pd.DataFrame:
+    cols = ["experiment", "dataset", "variant", "seed", "error", "run_dir"]
+    failed = runs[runs["status"] == "failed"]
+    return failed[cols].reset_index(drop=True) if not failed.empty else pd.DataFrame(columns=cols)

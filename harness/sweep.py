@@ -192,13 +192,22 @@ def with_overrides(base: dict, overrides: dict[str, Any]) -> dict:
     return data
 
 
+SEED_KEY = "training.seed"
+
+
 def grid_points(sweep: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
-    """(variant name, overrides) for every trial of a grid sweep, in a stable order."""
+    """(variant label, overrides) for every trial of a grid sweep, in a stable order.
+
+    Runs that differ only in their seed share a label, so reports aggregate over seeds and never
+    over other grid keys: `ladder training.lr=0.001`.
+    """
     variants = list(sweep.variants.items()) or [("base", {})]
     keys = list(sweep.grid)
     points = []
     for (variant, variant_overrides), values in itertools.product(variants, itertools.product(*sweep.grid.values())):
-        points.append((variant, {**variant_overrides, **dict(zip(keys, values))}))
+        point = dict(zip(keys, values))
+        label = " ".join([variant] + [f"{k}={v}" for k, v in point.items() if k != SEED_KEY])
+        points.append((label, {**variant_overrides, **point}))
     return points
 
 

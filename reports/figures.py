@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .load import facet_factor, metric_columns, with_best_facet  # noqa: E402
+from .load import best_facet_columns, with_best_facet  # noqa: E402
 from .stats import expected_best_of_n  # noqa: E402
 
 
@@ -32,10 +32,7 @@ def stability_curves(evaluations: pd.DataFrame, out: Path) -> list[Path]:
         return []
     frame = with_best_facet(evaluations[evaluations["epoch"] > 0])
     written = []
-    for column in metric_columns(frame, "acc"):
-        facet, factor = facet_factor(column)
-        if facet != "max":
-            continue
+    for column, factor in best_facet_columns(frame):
         for dataset, group in frame.groupby("dataset"):
             group = group.dropna(subset=[column])
             variants = sorted(group["variant"].unique())
@@ -67,10 +64,7 @@ def best_of_n_curves(runs: pd.DataFrame, out: Path) -> list[Path]:
     """Expected best accuracy of n seeds, per (dataset, factor), one line per variant with a band."""
     done = with_best_facet(runs[runs["status"] == "completed"])
     written = []
-    for column in metric_columns(done, "acc"):
-        facet, factor = facet_factor(column)
-        if facet != "max":
-            continue
+    for column, factor in best_facet_columns(done):
         for dataset, group in done.groupby("dataset"):
             fig, ax = plt.subplots(figsize=(4.5, 3.2))
             plotted = False

@@ -73,7 +73,8 @@ def load_runs(paths: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             "dataset": config["dataset"]["name"], "model": config["model"]["name"],
             "architecture": config["model"]["architecture"], "seed": config["training"]["seed"],
         }
-        status = result.get("status", "running")
+        # No result.json: killed, or stopped early by a scheduler (Ray abandons the trial's thread)
+        status = result.get("status", "incomplete")
         final = result.get("final") or (history[-1] if history else {})
         runs.append({**identity, "status": status, "error": result.get("error"), "run_dir": str(run_dir),
                      "wall_time_s": result.get("wall_time_s"), "samples_per_s": result.get("samples_per_s"),
@@ -119,6 +120,11 @@ def facet_factor(column: str) -> tuple[str, str]:
     """`acc/facet2/shape` -> ("2", "shape")."""
     _, facet, factor = column.split("/", 2)
     return facet.removeprefix("facet"), factor
+
+
+def best_facet_columns(frame: pd.DataFrame, kind: str = "acc") -> list[tuple[str, str]]:
+    """(column, factor) of the best-facet columns `acc/facetmax/<factor>` added by `with_best_facet`."""
+    return [(c, facet_factor(c)[1]) for c in metric_columns(frame, kind) if facet_factor(c)[0] == "max"]
 
 
 def with_best_facet(frame: pd.DataFrame) -> pd.DataFrame:

@@ -15,6 +15,14 @@ from .trained import load_trained
 FIGURE_RULE = "the completed run with the lowest seed (never chosen by accuracy)"
 
 
+def trained_models(runs: pd.DataFrame):
+    """(run row, model, dataset) for every completed run that has a trained model (not baselines)."""
+    for _, run in runs[runs["status"] == "completed"].iterrows():
+        loaded = load_trained(run["run_dir"])
+        if loaded is not None:
+            yield (run, *loaded)
+
+
 # -- LPIPS diversity --------------------------------------------------------------------------------
 
 def _lpips_ready(images: torch.Tensor) -> torch.Tensor:
@@ -47,11 +55,7 @@ def lpips_table(runs: pd.DataFrame, n_samples: int, temperature: float = 1.0, lo
 
     metric = lpips_alex()
     rows, real_done = [], {}
-    for _, run in runs[runs["status"] == "completed"].iterrows():
-        loaded = load_trained(run["run_dir"])
-        if loaded is None:
-            continue
-        model, data = loaded
+    for run, model, data in trained_models(runs):
         g = torch.Generator().manual_seed(0)
         samples = model.sample(n_samples, temperature=temperature, generator=g)
         value = mean_pair_lpips(metric, samples, n_samples)
@@ -85,11 +89,7 @@ def probe_table(runs: pd.DataFrame, max_train: int, log=print) -> pd.DataFrame:
     from sklearn.neural_network import MLPClassifier
 
     rows = []
-    for _, run in runs[runs["status"] == "completed"].iterrows():
-        loaded = load_trained(run["run_dir"])
-        if loaded is None:
-            continue
-        model, data = loaded
+    for run, model, data in trained_models(runs):
         g = torch.Generator().manual_seed(0)
         train_index = torch.randperm(len(data.x_train), generator=g)[:max_train]
         z_train = model.latents(data.x_train[train_index], sample=True, generator=g)
@@ -131,11 +131,7 @@ def chosen_runs(runs: pd.DataFrame) -> pd.DataFrame:
 @torch.no_grad()
 def run_figures(runs: pd.DataFrame, out, n_clusters: int = 10, n_inputs: int = 10, log=print) -> list:
     written = []
-    for _, run in chosen_runs(runs).iterrows():
-        loaded = load_trained(run["run_dir"])
-        if loaded is None:
-            continue
-        model, data = loaded
+    for run, model, data in trained_models(chosen_runs(runs)):
         x = data.x_test
         probs = model.cluster_probs(x)
         tag = f"{slug(run['dataset'])}_{slug(run['variant'])}_seed{run['seed']}"

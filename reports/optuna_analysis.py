@@ -14,7 +14,7 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from . import writers  # noqa: E402
 from .figures import save_atomic, slug  # noqa: E402
-from .load import metric_columns, with_best_facet  # noqa: E402
+from .load import best_facet_columns, with_best_facet  # noqa: E402
 
 
 def optuna_sections(paths: list[Path], runs: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
@@ -72,13 +72,11 @@ def _label_free_vs_supervised(runs: pd.DataFrame, root: Path) -> str:
     mine = runs[(runs["status"] == "completed") & runs["run_dir"].map(lambda d: str(d).startswith(str(root)))]
     mine = with_best_facet(mine)
     rows = []
-    for column in metric_columns(mine, "acc"):
-        if "/facetmax/" not in column or "elbo" not in mine:
-            continue
+    for column, factor in best_facet_columns(mine) if "elbo" in mine else []:
         pair = mine[["elbo", column]].dropna()
         if len(pair) >= 3:
             rho, p = spearmanr(pair["elbo"], pair[column])
-            rows.append({"factor": column.rsplit("/", 1)[1], "runs": len(pair), "spearman rho": round(rho, 3),
+            rows.append({"factor": factor, "runs": len(pair), "spearman rho": round(rho, 3),
                          "p-value": round(p, 4)})
     return ("<h3>Does the label-free objective pick good models?</h3><p class='note'>Rank correlation across "
             "runs between final test ELBO and best-facet accuracy. Near 1: choosing by ELBO also chooses by "

@@ -37,8 +37,9 @@ def build_report(paths: list[str | Path], out: str | Path, options: ReportOption
     if runs.empty:
         raise ValueError(f"no runs found under {', '.join(map(str, paths))} (looked for folders with "
                          "config.yaml and result.json or metrics.jsonl)")
-    log(f"read {len(runs)} runs ({(runs['status'] == 'completed').sum()} completed, "
-        f"{(runs['status'] == 'failed').sum()} failed) and {len(evaluations)} evaluations")
+    counts = runs["status"].value_counts()
+    log(f"read {len(runs)} runs ({counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed, "
+        f"{counts.get('incomplete', 0)} incomplete) and {len(evaluations)} evaluations")
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         sections = _write_everything(paths, runs, evaluations, staging, options, log)
@@ -90,8 +91,9 @@ def _write_everything(paths, runs: pd.DataFrame, evaluations: pd.DataFrame, out:
     sections.append(("Figures", "".join(
         f"<p><img src='{html.escape(p.name)}' alt='{html.escape(p.stem)}'></p>" for p in sorted(images))
         or "<p><em>no evaluations yet</em></p>"))
-    sections.append(("Failed runs", f"<p>{len(failed)} failed run(s), not counted in the statistics.</p>"
-                     + writers.to_html_table(failed)))
+    n_failed = int((failed["status"] == "failed").sum()) if not failed.empty else 0
+    sections.append(("Failed and incomplete runs", f"<p>{n_failed} failed run(s) and {len(failed) - n_failed} "
+                     "incomplete run(s), not counted in the statistics.</p>" + writers.to_html_table(failed)))
     return sections
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from . import reference
-from .load import facet_factor, metric_columns, with_best_facet
+from .load import best_facet_columns, facet_factor, metric_columns, with_best_facet
 from .stats import describe, probability_of_improvement
 
 BEST_HIGHER = ("acc_mean", "nmi_mean", "ari_mean", "elbo_mean")
@@ -18,6 +18,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     done = with_best_facet(runs[runs["status"] == "completed"])
     failed = runs[runs["status"] == "failed"].groupby(["dataset", "variant"]).size()
+    incomplete = runs[runs["status"] == "incomplete"].groupby(["dataset", "variant"]).size()
     rows = []
     for (dataset, variant), group in done.groupby(["dataset", "variant"], sort=True):
         for column in metric_columns(group, "acc"):
@@ -28,6 +29,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
             rows.append({
                 "dataset": dataset, "variant": variant, "facet": facet, "factor": factor,
                 "n": acc["n"], "n_failed": int(failed.get((dataset, variant), 0)),
+                "n_incomplete": int(incomplete.get((dataset, variant), 0)),
                 **{f"acc_{k}": v for k, v in acc.items() if k != "n"},
                 "nmi_mean": group[f"nmi/facet{facet}/{factor}"].mean(),
                 "ari_mean": group[f"ari/facet{facet}/{factor}"].mean(),
@@ -66,10 +68,7 @@ def pairwise(runs: pd.DataFrame) -> pd.DataFrame:
     """P(variant A's best-facet accuracy > variant B's) per dataset and factor, with 95% CIs."""
     done = with_best_facet(runs[runs["status"] == "completed"])
     rows = []
-    for column in metric_columns(done, "acc"):
-        facet, factor = facet_factor(column)
-        if facet != "max":
-            continue
+    for column, factor in best_facet_columns(done):
         for dataset, group in done.groupby("dataset"):
             values = {v: g[column].dropna().to_numpy() for v, g in group.groupby("variant")}
             for a, b in itertools.permutations(sorted(values), 2):
@@ -82,6 +81,11 @@ def pairwise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def failures(runs: pd.DataFrame) -> pd.DataFrame:
-    cols = ["experiment", "dataset", "variant", "seed", "error", "run_dir"]
-    failed = runs[runs["status"] == "failed"]
-    return failed[cols].reset_index(drop=True) if not failed.empty else pd.DataFrame(columns=cols)
+    """Failed runs with their messages, and incomplete ones (killed, or stopped early by a scheduler)."""
+    cols = ["experiment", "dataset", "variant", "seed", "status", "error", "last_epoch", "run_dir"]
+    bad = runs[runs["status"].isin(["failed", "incomplete"])].copy()
+    if bad.empty:
+        return pd.DataFrame(columns=cols)
+    bad["last_epoch"] = bad["epoch"] if "epoch" in bad else None
+    bad.loc[bad["status"] == "incomplete", "error"] = "no result: killed, or stopped early by the scheduler"
+    return bad[cols].reset_index(drop=True)

@@ -25,7 +25,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         return table
     out = pd.DataFrame({
         "dataset": table["dataset"], "variant": table["variant"], "facet": table["facet"], "factor": table["factor"],
-        "n": table.get("n"), "failed": table.get("n_failed"),
+        "n": table.get("n"), "failed": table.get("n_failed"), "incomplete": table.get("n_incomplete"),
     })
     best = table.get("best", pd.Series([""] * len(table))).fillna("")
     acc = []

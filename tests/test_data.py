@@ -34,7 +34,6 @@ def test_digits():
 @pytest.mark.parametrize("config,varying", [(1, "floor_hue"), (2, "wall_hue")])
 def test_procedural_shapes(config, varying):
     data = load_dataset(f"shapes-config{config}")
-    fixed = "wall_hue" if varying == "floor_hue" else "floor_hue"
     check_common(data, (3, 32, 32), 3840, 960, {
         "floor_hue": 10 if varying == "floor_hue" else 1, "wall_hue": 10 if varying == "wall_hue" else 1,
         "object_hue": 1, "scale": 8, "shape": 4, "orientation": 15})

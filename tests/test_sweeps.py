@@ -144,7 +144,7 @@ def test_optuna_search_concurrent_multi_objective(tmp_path, local_ray):
     path = write_sweep(tmp_path / "search.yaml", max_concurrent=2, search={
         "space": {"model.latent_dims.0": {"type": "int", "low": 2, "high": 6},
                   "model.n_clusters.0": {"type": "int", "low": 5, "high": 15}},
-        "metrics": ["elbo", "acc/facet1/digit"], "modes": ["max", "max"], "num_samples": 4,
+        "metrics": ["elbo", "acc/facet1/digit"], "modes": ["max", "max"], "num_samples": 4, "replicates": 2,
         "sampler": {"type": "tpe", "seed": 1, "n_startup_trials": 2}})
     base = yaml.safe_load(path.read_text())
     base["base"]["training"]["epochs_per_step"] = [6]
@@ -159,7 +159,22 @@ def test_optuna_search_concurrent_multi_objective(tmp_path, local_ray):
     suggested = {(t.params["model.latent_dims.0"], t.params["model.n_clusters.0"]) for t in complete}
     runs = trial_runs(tmp_path / "results" / "t")
     assert {(r["config"]["model"]["latent_dims"][0], r["config"]["model"]["n_clusters"][0]) for r in runs} == suggested
-    spans = sorted((datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"])) for r in runs)
+    # replicates: every suggestion trained with seeds 0 and 1; Optuna saw the mean of the two
+    assert sorted(r["seed"] for r in runs) == [0, 0, 0, 0, 1, 1, 1, 1]
+    for t in complete:
+        mine = [r for r in runs if (r["config"]["model"]["latent_dims"][0], r["config"]["model"]["n_clusters"][0])
+                == (t.params["model.latent_dims.0"], t.params["model.n_clusters.0"])]
+        assert len(mine) == 2
+        assert t.values[0] == pytest.approx(sum(r["final"]["elbo"] for r in mine) / 2)
+    # the report reads the study
+    from reports.report import ReportOptions, build_report
+
+    index = build_report([tmp_path / "results" / "t"], tmp_path / "report",
+                         ReportOptions(lpips_samples=0, probes=False, run_figures=False), log=lambda s: None)
+    text = index.read_text()
+    assert "Optuna search: t" in text and "Best trials" in text and "spearman rho" in text
+    spans = sorted((datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"]))
+                   for r in runs if r["seed"] == 0)
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two trials overlapped in time"
 
 

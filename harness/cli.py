@@ -74,6 +74,14 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _stop_ray() -> None:
+    """Disconnect (and stop a local Ray) so its buffered worker logs print before our last lines."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def _cmd_demo(args) -> int:
     """sweeps/demo.yaml on a local Ray, then its report; a second call finishes or reuses the sweep."""
     from .sweep import load_sweep
@@ -89,6 +97,7 @@ def _cmd_demo(args) -> int:
     print(f"demo: {len(trials)} trials ({', '.join(sweep.variants)}) x seeds on {sweep.base['dataset']['name']}, "
           f"local Ray; experiment folder {experiment}" + (" (resuming)" if resume else ""))
     run_sweep(sweep, trials, storage, resume=resume, source_text=demo.read_text())
+    _stop_ray()
     from reports.report import ReportOptions, build_report
 
     index = build_report([experiment], experiment / "report", ReportOptions(lpips_samples=args.lpips_samples))
@@ -112,6 +121,7 @@ def _cmd_sweep(args) -> int:
     except SweepError as error:
         print(f"mfcbench sweep: {error}", file=sys.stderr)
         return 2
+    _stop_ray()
     errors = sum(1 for r in results if r.error is not None)
     experiment = Path(storage).expanduser().resolve() / (args.name or sweep.name)
     print(f"sweep finished: {len(results)} trials, {errors} errored; experiment folder {experiment}")
@@ -122,8 +132,11 @@ def _cmd_sweep(args) -> int:
 def _cmd_report(args) -> int:
     from reports.report import ReportOptions, build_report
 
-    options = ReportOptions(lpips_samples=args.lpips_samples, probes=not args.no_probes,
-                            run_figures=not args.no_run_figures)
+    if args.sample_temperature <= 0:
+        print(f"mfcbench report: --sample-temperature must be > 0, got {args.sample_temperature}", file=sys.stderr)
+        return 2
+    options = ReportOptions(lpips_samples=args.lpips_samples, sample_temperature=args.sample_temperature,
+                            probes=not args.no_probes, run_figures=not args.no_run_figures)
     try:
         index = build_report(args.paths, args.out, options)
     except (FileNotFoundError, ValueError) as error:
@@ -182,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="EXPERIMENT_DIR", help="sweep experiment folders or run folders")
     p.add_argument("--out", required=True, help="folder for summary.*, figures and index.html")
     p.add_argument("--lpips-samples", type=int, default=1000, help="images per run for LPIPS diversity (0: skip)")
+    p.add_argument("--sample-temperature", type=float, default=1.0,
+                   help="scale of prior covariances when sampling for LPIPS (the paper: 0.3 for 3DShapes/SVHN)")
     p.add_argument("--no-probes", action="store_true", help="skip the MLP disentanglement probes")
     p.add_argument("--no-run-figures", action="store_true", help="skip cluster grids, swaps and samples")
     p.set_defaults(func=_cmd_report)

@@ -19,6 +19,7 @@ from .summary import failures, pairwise, reference_rows, summary_table
 @dataclass
 class ReportOptions:
     lpips_samples: int = 1000  # generated and real images per run; 0 skips LPIPS
+    sample_temperature: float = 1.0  # scales prior covariances when sampling (E.6: 0.3 for 3DShapes/SVHN)
     probes: bool = True
     run_figures: bool = True
     probe_max_train: int = 10000
@@ -105,11 +106,11 @@ def _extra_sections(runs, out, options, log) -> list[tuple[str, str]]:
     sections = []
     if options.lpips_samples:
         try:
-            table = model_analyses.lpips_table(runs, options.lpips_samples, log=log)
+            table = model_analyses.lpips_table(runs, options.lpips_samples, options.sample_temperature, log=log)
             table.to_csv(out / "lpips.csv", index=False)
             sections.append(("LPIPS diversity", "<p class='note'>Mean AlexNet LPIPS over random pairs of "
                              f"{options.lpips_samples} generated samples per run (section 4.4 sampling, temperature "
-                             "1), and of real test images; grey repeated to 3 channels and upsampled to 32x32. "
+                             f"{options.sample_temperature:g}), and of real test images; grey repeated to 3 channels and upsampled to 32x32. "
                              "Higher is more diverse.</p>" + writers.to_html_table(table.round(4))))
         except LpipsWeightsMissing as error:
             log(f"LPIPS skipped: {error}")

@@ -78,12 +78,13 @@ def trainable(params: dict) -> None:
             finals.append(json.loads(done.read_text())["final"])
             continue
 
-        def report(metrics: dict, _run_dir: Path, seed=seed, r=r) -> None:
-            row = {**_numeric(metrics), **identity, "seed": seed, "replicate": r}
-            if replicates == 1:
-                tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(runs_root)))
+        def report(metrics: dict, _run_dir: Path, seed=seed) -> None:
+            tune.report({**_numeric(metrics), **identity, "seed": seed, "replicate": 0},
+                        checkpoint=tune.Checkpoint.from_directory(str(runs_root)))
 
-        result = run_trial(trial_config, run_dir, resume=(run_dir / "checkpoint.pt").exists(), reporter=report,
+        # With replicates, Tune sees one result per finished replicate (the running mean) instead.
+        result = run_trial(trial_config, run_dir, resume=(run_dir / "checkpoint.pt").exists(),
+                           reporter=report if replicates == 1 else None,
                            log=lambda line, seed=seed: print(f"[seed {seed}] {line}", flush=True))
         finals.append(result["final"])
         if replicates > 1:  # checkpoint after each finished replicate; report the running mean
@@ -104,8 +105,9 @@ def _numeric(metrics: dict) -> dict:
 
 
 def _mean_metrics(finals: list[dict]) -> dict:
-    keys = [k for k, v in _numeric(finals[0]).items() if isinstance(v, (int, float))]
-    return {k: statistics.fmean(_numeric(f)[k] for f in finals if _numeric(f).get(k) is not None) for k in keys}
+    rows = [_numeric(f) for f in finals]
+    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float))]
+    return {k: statistics.fmean(row[k] for row in rows if row.get(k) is not None) for k in keys}
 
 
 # ---------------------------------------------------------------------------------------------

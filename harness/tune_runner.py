@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import statistics
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from .config import TrialConfig
 from .sweep import SweepConfig, with_overrides
 
 RESERVED = ("grid_point", "trial", "cpus", "replicates", "experiment_dir")
+MARKER = "mfcbench-checkpoint.json"
 SWEEP_FILE = "mfcbench-sweep.yaml"
 
 
@@ -61,7 +63,9 @@ def trainable(params: dict) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as saved:
-            shutil.copytree(saved, runs_root, dirs_exist_ok=True)
+            marker = json.loads((Path(saved) / MARKER).read_text())
+        print(f"restored by Tune after seed {marker['seed']} epoch {marker['epoch']}; continuing from the run "
+              f"folders in {runs_root}", flush=True)
     runs_root.mkdir(parents=True, exist_ok=True)
     (runs_root.parent / "mfcbench-trial.json").write_text(json.dumps({"variant": point["variant"], "overrides": overrides}))
     identity = {"variant": point["variant"], "node_id": ray.get_runtime_context().get_node_id(),
@@ -73,14 +77,18 @@ def trainable(params: dict) -> None:
         seed = config.training.seed + r
         trial_config = config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})})
         run_dir = runs_root / f"seed{seed}"
-        done = run_dir / "result.json"
-        if done.exists() and json.loads(done.read_text()).get("status") == "completed":
-            finals.append(json.loads(done.read_text())["final"])
+        final = _completed_final(run_dir)
+        if final is not None:  # finished before the driver died: not run again
+            finals.append(final)
+            if replicates == 1:
+                tune.report({**_numeric(final), **identity, "seed": seed, "replicate": 0})
+            else:
+                _report_mean(finals, identity, config.training.seed)
             continue
 
         def report(metrics: dict, _run_dir: Path, seed=seed) -> None:
-            tune.report({**_numeric(metrics), **identity, "seed": seed, "replicate": 0},
-                        checkpoint=tune.Checkpoint.from_directory(str(runs_root)))
+            with _marker_checkpoint(seed, metrics["epoch"]) as checkpoint:
+                tune.report({**_numeric(metrics), **identity, "seed": seed, "replicate": 0}, checkpoint=checkpoint)
 
         # With replicates, Tune sees one result per finished replicate (the running mean) instead.
         result = run_trial(trial_config, run_dir, resume=(run_dir / "checkpoint.pt").exists(),
@@ -88,10 +96,41 @@ def trainable(params: dict) -> None:
                            log=lambda line, seed=seed: print(f"[seed {seed}] {line}", flush=True))
         finals.append(result["final"])
         if replicates > 1:  # checkpoint after each finished replicate; report the running mean
-            mean = _mean_metrics(finals)
-            tune.report({**mean, **identity, "seed": config.training.seed, "replicate": "mean",
-                         "replicates_done": len(finals)},
-                        checkpoint=tune.Checkpoint.from_directory(str(runs_root)))
+            _report_mean(finals, identity, config.training.seed)
+
+
+def _completed_final(run_dir: Path) -> dict | None:
+    """The final metrics of a run that finished, else None."""
+    done = run_dir / "result.json"
+    if done.exists():
+        result = json.loads(done.read_text())
+        if result.get("status") == "completed":
+            return result["final"]
+    return None
+
+
+@contextmanager
+def _marker_checkpoint(seed: int, epoch: int):
+    """A Tune checkpoint that records where the trial is (seed, epoch), not the weights.
+
+    The state itself is the run folder in storage (checkpoint.pt, written atomically, and
+    metrics.jsonl, cut back to it on resume), so restoring never depends on which checkpoint
+    folders Ray has kept: Ray snapshots its experiment state lazily, and after a killed driver
+    that state can name checkpoints Ray had already deleted. Markers are tiny, so all are kept.
+    """
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / MARKER).write_text(json.dumps({"seed": seed, "epoch": epoch}))
+        yield tune.Checkpoint.from_directory(tmp)
+
+
+def _report_mean(finals: list[dict], identity: dict, seed: int) -> None:
+    from ray import tune
+
+    with _marker_checkpoint(seed, -1) as checkpoint:
+        tune.report({**_mean_metrics(finals), **identity, "seed": seed, "replicate": "mean",
+                     "replicates_done": len(finals)}, checkpoint=checkpoint)
 
 
 def _numeric(metrics: dict) -> dict:
@@ -251,7 +290,8 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
                                     trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
         run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                   failure_config=tune.FailureConfig(max_failures=sweep.retries),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  # Keep every (tiny) marker: see _marker_checkpoint.
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                                   callbacks=[_event_printer()], verbose=verbose))
     return tuner.fit()
 

@@ -98,7 +98,6 @@ def write_json_atomic(path: Path, data) -> None:
 @torch.no_grad()
 def evaluate(model, data: Dataset, batch_size: int, seed: int) -> dict:
     """Test ELBO and its terms (all facets active) and clustering metrics at the posterior mean."""
-    probs = []
     if isinstance(model, ClusteringBaseline):
         probs = [p.numpy() for p in model.cluster_probs(data.x_test)]
         out = {}
@@ -113,10 +112,11 @@ def evaluate(model, data: Dataset, batch_size: int, seed: int) -> dict:
             x = data.x_test[start:start + batch_size]
             terms = model.loss_terms(x, alphas=ones, generator=generator)
             batch_sums = {"elbo": terms["elbo"].sum(), "log_px": terms["log_px"].sum()}
-            for j, (facet, (mean, _)) in enumerate(zip(terms["facets"], terms["params"]), start=1):
+            facets = zip(model.priors, terms["facets"], terms["params"], parts)
+            for j, (prior, facet, (mean, _), part) in enumerate(facets, start=1):
                 batch_sums[f"kl_z/facet{j}"] = facet.kl_z.sum()
                 batch_sums[f"kl_c/facet{j}"] = facet.kl_c.sum()
-                parts[j - 1].append(model.priors[j - 1].cluster_log_probs(mean).exp().cpu())
+                part.append(prior.cluster_log_probs(mean).exp().cpu())  # eq. (12) at the posterior mean
             for key, value in batch_sums.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
         out = {key: value / len(data.x_test) for key, value in sums.items()}

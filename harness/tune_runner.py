@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from .config import TrialConfig
-from .sweep import SweepConfig, with_overrides
+from .sweep import SweepConfig, resolved_base, with_overrides
 
 RESERVED = ("grid_point", "trial", "cpus", "replicates", "experiment_dir")
 MARKER = "mfcbench-checkpoint.json"
@@ -271,8 +271,6 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
     if sweep.search is None:
         param_space["grid_point"] = tune.grid_search([{"variant": t["variant"], "trial": t["trial"]} for t in trials])
     else:
-        from .sweep import resolved_base
-
         param_space.update({"trial": resolved_base(sweep.base), "replicates": sweep.search.replicates})
         search_alg = _optuna_search(sweep, experiment_dir)
         if sweep.max_concurrent:

@@ -19,7 +19,7 @@ import torch
 
 from harness.config import load_trial_config
 from harness.data import load_dataset
-from harness.data.idx import DEBIAN_FASHION_MNIST
+from harness.data.catalog import DEBIAN_FASHION_MNIST
 from harness.trainer import run_trial
 from models import build_model
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data import DATASETS, DatasetError, batches, dataset_status, load_dataset
-from harness.data.idx import DEBIAN_FASHION_MNIST
+from harness.data import CATALOG, DatasetError, batches, dataset_status, load_dataset
+from harness.data.catalog import DEBIAN_FASHION_MNIST
 from harness.data.shapes3d import FACTORS
 
 
@@ -94,7 +94,7 @@ def test_missing_downloads_name_the_files(tmp_path):
 def test_unknown_dataset_lists_known():
     with pytest.raises(DatasetError) as info:
         load_dataset("mnsit")
-    for name in DATASETS:
+    for name in CATALOG:
         assert name in str(info.value)
 
 
@@ -181,7 +181,7 @@ def test_batches_cover_every_sample_once():
 
 def test_dataset_status_lists_every_dataset():
     rows = dataset_status()
-    assert [name for name, _, _ in rows] == list(DATASETS)
+    assert [name for name, _, _ in rows] == list(CATALOG)
     status = dict((name, ok) for name, ok, _ in rows)
     assert status["digits"] and status["shapes-config1"] and not status["svhn"]
 

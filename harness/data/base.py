@@ -7,11 +7,9 @@ from typing import Iterator, Literal
 import numpy as np
 import torch
 
+from .catalog import DatasetError
+
 Likelihood = Literal["bernoulli", "gaussian"]
-
-
-class DatasetError(ValueError):
-    """A dataset cannot be loaded: unknown name, missing files, or invalid arrays."""
 
 
 @dataclass

@@ -7,15 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import Dataset, DatasetError, labels, suggest_likelihood
-
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-IDX_FILES = {
-    "x_train": "train-images-idx3-ubyte",
-    "y_train": "train-labels-idx1-ubyte",
-    "x_test": "t10k-images-idx3-ubyte",
-    "y_test": "t10k-labels-idx1-ubyte",
-}
+from .base import Dataset, labels, suggest_likelihood
+from .catalog import DEBIAN_FASHION_MNIST, IDX_FILES, DatasetError, fashion_mnist_folders, find_idx_files
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -33,20 +26,6 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(shape)
 
 
-def find_idx_files(folders: list[Path]) -> dict[str, Path] | None:
-    """The four IDX files from the first folder that has all of them, plain or gzipped."""
-    for folder in folders:
-        found = {}
-        for key, stem in IDX_FILES.items():
-            for candidate in (folder / stem, folder / f"{stem}.gz"):
-                if candidate.exists():
-                    found[key] = candidate
-                    break
-        if len(found) == len(IDX_FILES):
-            return found
-    return None
-
-
 def load_idx_dataset(name: str, files: dict[str, Path], factor: str) -> Dataset:
     arrays = {key: read_idx(path) for key, path in files.items()}
     x_train = torch.from_numpy(arrays["x_train"].astype(np.float32) / 255.0)[:, None]
@@ -59,13 +38,6 @@ def load_idx_dataset(name: str, files: dict[str, Path], factor: str) -> Dataset:
         likelihood=suggest_likelihood(x_train),
         factors={factor: 10},
     )
-
-
-def fashion_mnist_folders(data_root: Path | None) -> list[Path]:
-    folders = [DEBIAN_FASHION_MNIST]
-    if data_root is not None:
-        folders = [data_root / "FashionMNIST" / "raw", data_root] + folders
-    return folders
 
 
 def load_fashion_mnist(data_root: Path | None = None) -> Dataset:

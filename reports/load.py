@@ -7,6 +7,7 @@ their `error.txt`. Partially finished sweeps load with what exists.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,28 @@ import pandas as pd
 import yaml
 
 IDENTITY = ["experiment", "variant", "dataset", "model", "architecture", "seed"]
+REPORT_MARKER = "mfcbench-report.json"  # marks every folder `mfcbench report` writes (and its staging folders)
+
+
+def find_files(root: Path, name: str) -> list[Path]:
+    """Files called `name` under root, skipping report folders: a report kept inside an experiment
+    (`--out EXPERIMENT/report`) is output, never runs to read back."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        if REPORT_MARKER in files:
+            subfolders[:] = []
+            continue
+        subfolders.sort()
+        if name in files:
+            found.append(Path(folder) / name)
+    return found
 
 
 def run_folders(root: Path) -> list[Path]:
     root = Path(root)
     if (root / "config.yaml").exists() and ((root / "result.json").exists() or (root / "metrics.jsonl").exists()):
         return [root]
-    found = {p.parent for p in root.rglob("config.yaml")
+    found = {p.parent for p in find_files(root, "config.yaml")
              if ((p.parent / "result.json").exists() or (p.parent / "metrics.jsonl").exists())
              and not any(part.startswith("checkpoint_") for part in p.relative_to(root).parts)}
     return sorted(found)  # Ray's checkpoint_* folders hold copies of run folders: not runs
@@ -93,7 +109,7 @@ def _errored_without_runs(roots: list[Path], known: set[str]) -> list[dict]:
     """Tune trials that failed before the trainer wrote anything (bad install, OOM at start, ...)."""
     rows = []
     for root in roots:
-        for error in root.rglob("error.txt"):
+        for error in find_files(root, "error.txt"):
             trial = error.parent
             if any(Path(k).is_relative_to(trial) for k in known):
                 continue

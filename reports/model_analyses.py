@@ -2,10 +2,15 @@
 probes (Table 1) and figures of one run per variant (Fig. 4-6)."""
 from __future__ import annotations
 
+import sys
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from . import reference
 from .figures import image_grid, slug
@@ -15,12 +20,18 @@ from .trained import load_trained
 FIGURE_RULE = "the completed run with the lowest seed (never chosen by accuracy)"
 
 
-def trained_models(runs: pd.DataFrame):
-    """(run row, model, dataset) for every completed run that has a trained model (not baselines)."""
-    for _, run in runs[runs["status"] == "completed"].iterrows():
-        loaded = load_trained(run["run_dir"])
-        if loaded is not None:
-            yield (run, *loaded)
+def trained_models(runs: pd.DataFrame, desc: str):
+    """(run row, model, dataset) for every completed run that has a trained model (not baselines),
+    with a progress bar `desc` over them on stderr; tqdm hides the bar when stderr is not a terminal
+    (disable=None), so logs get no control characters and keep the one-line summaries."""
+    rows = runs[(runs["status"] == "completed") & runs["model"].isin(["mfcvae", "vade"])]
+    rows = rows[[(Path(d) / "checkpoint.pt").exists() for d in rows["run_dir"]]]
+    with tqdm(total=len(rows), desc=desc, unit="run", file=sys.stderr, disable=None, leave=False) as bar:
+        for _, run in rows.iterrows():
+            loaded = load_trained(run["run_dir"])
+            if loaded is not None:
+                yield (run, *loaded)
+            bar.update()
 
 
 # -- LPIPS diversity --------------------------------------------------------------------------------
@@ -55,7 +66,7 @@ def lpips_table(runs: pd.DataFrame, n_samples: int, temperature: float = 1.0, lo
 
     metric = lpips_alex()
     rows, real_done = [], {}
-    for run, model, data in trained_models(runs):
+    for run, model, data in trained_models(runs, "LPIPS"):
         g = torch.Generator().manual_seed(0)
         samples = model.sample(n_samples, temperature=temperature, generator=g)
         value = mean_pair_lpips(metric, samples, n_samples)
@@ -86,10 +97,11 @@ def lpips_table(runs: pd.DataFrame, n_samples: int, temperature: float = 1.0, lo
 
 def probe_table(runs: pd.DataFrame, max_train: int, log=print) -> pd.DataFrame:
     """MLPClassifier (scikit-learn defaults) on train-set latents z_j and their concatenation (Table 1)."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    rows = []
-    for run, model, data in trained_models(runs):
+    rows, not_converged = [], 0
+    for run, model, data in trained_models(runs, "probes"):
         g = torch.Generator().manual_seed(0)
         train_index = torch.randperm(len(data.x_train), generator=g)[:max_train]
         z_train = model.latents(data.x_train[train_index], sample=True, generator=g)
@@ -103,13 +115,23 @@ def probe_table(runs: pd.DataFrame, max_train: int, log=print) -> pd.DataFrame:
             y_train = data.y_train[factor][train_index].numpy()
             y_test = data.y_test[factor].numpy()
             for name, (a, b) in inputs.items():
-                clf = MLPClassifier(random_state=0).fit(a, y_train)
+                clf = MLPClassifier(random_state=0)
+                with warnings.catch_warnings(record=True) as caught:  # one summary line instead of one per fit
+                    warnings.simplefilter("always", ConvergenceWarning)
+                    clf.fit(a, y_train)
+                not_converged += any(issubclass(w.category, ConvergenceWarning) for w in caught)
+                for w in caught:  # anything else is passed on as it came
+                    if not issubclass(w.category, ConvergenceWarning):
+                        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
                 rows.append({"dataset": run["dataset"], "variant": run["variant"], "seed": run["seed"],
                              "factor": factor, "inputs": name, "accuracy": float(clf.score(b, y_test))})
     if not rows:
         return pd.DataFrame()
     per_run = pd.DataFrame(rows)
     log(f"probes: {per_run['seed'].nunique()} seeds, {len(per_run)} classifiers")
+    if not_converged:
+        log(f"probes: {not_converged} of {len(per_run)} classifiers stopped at max_iter ({clf.max_iter}) before "
+            "converging (sklearn ConvergenceWarning); their accuracies are reported as they are")
     table = (per_run.groupby(["dataset", "variant", "factor", "inputs"])["accuracy"]
              .agg(n="count", mean="mean", std=lambda s: s.std(ddof=1)).reset_index())
     table["source"] = "measured"
@@ -131,7 +153,7 @@ def chosen_runs(runs: pd.DataFrame) -> pd.DataFrame:
 @torch.no_grad()
 def run_figures(runs: pd.DataFrame, out, n_clusters: int = 10, n_inputs: int = 10, log=print) -> list:
     written = []
-    for run, model, data in trained_models(chosen_runs(runs)):
+    for run, model, data in trained_models(chosen_runs(runs), "figures"):
         x = data.x_test
         probs = model.cluster_probs(x)
         tag = f"{slug(run['dataset'])}_{slug(run['variant'])}_seed{run['seed']}"

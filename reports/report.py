@@ -2,18 +2,25 @@
 from __future__ import annotations
 
 import html
+import json
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
 from . import figures, writers
-from .load import load_runs
+from .load import REPORT_MARKER, load_runs
 from .optuna_analysis import optuna_sections
 from .summary import failures, pairwise, reference_rows, summary_table
+
+
+class ReportError(ValueError):
+    """Bad report input or output folder, found before anything is read or written."""
 
 
 @dataclass
@@ -24,42 +31,113 @@ class ReportOptions:
     run_figures: bool = True
     probe_max_train: int = 10000
 
+    def __post_init__(self) -> None:
+        # Checked here, not only in the CLI, so `mfcbench demo` and library callers fail before any work too
+        if self.lpips_samples < 0 or self.lpips_samples == 1:
+            raise ReportError(f"--lpips-samples must be 0 (skip LPIPS) or >= 2 (LPIPS compares pairs of distinct "
+                              f"images), got {self.lpips_samples}")
+        if not (math.isfinite(self.sample_temperature) and self.sample_temperature > 0):
+            raise ReportError(f"--sample-temperature must be a finite number > 0, got {self.sample_temperature}")
+        if self.probe_max_train < 1:
+            raise ReportError(f"probe_max_train must be >= 1, got {self.probe_max_train}")
 
-def build_report(paths: list[str | Path], out: str | Path, options: ReportOptions = ReportOptions(),
+
+def _is_report_folder(folder: Path) -> bool:
+    try:
+        return json.loads((folder / REPORT_MARKER).read_text()).get("mfcbench_report") == 1
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_out_folder(out: Path) -> None:
+    """Refuse to replace anything but a missing or empty folder or one an earlier report wrote."""
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file, not a folder; give a new folder for the report")
+    if out.is_dir() and any(out.iterdir()) and not _is_report_folder(out):
+        raise ReportError(
+            f"--out {out} is not empty and is not a report folder (it holds no valid {REPORT_MARKER}); refusing "
+            "to replace it, which would delete its files. Give a new or empty folder, or, if it is a report of "
+            "an older mfcbench, delete it yourself first")
+
+
+def check_report_paths(paths: list[str | Path], out: str | Path) -> tuple[list[Path], Path]:
+    """(resolved inputs, resolved out), or ReportError naming what is wrong; reads and writes nothing else.
+
+    The report replaces `out` as a whole, so `out` must not be an input or hold one (an input inside
+    `out` would be deleted with it), and must not be a folder of other files.
+    """
+    if not paths:
+        raise ReportError("give at least one experiment or run folder to report")
+    roots = [Path(p).expanduser().resolve() for p in paths]
+    missing = [str(r) for r in roots if not r.exists()]
+    if missing:
+        raise ReportError(f"input path(s) not found: {', '.join(missing)}")
+    files = [str(r) for r in roots if not r.is_dir()]
+    if files:
+        raise ReportError(f"input path(s) are files, not experiment or run folders: {', '.join(files)}")
+    out = Path(out).expanduser().resolve()
+    for root in roots:
+        if root == out:
+            raise ReportError(f"--out {out} is an input; writing the report there would replace the runs. "
+                              f"Give another folder, e.g. {out / 'report'}")
+        if root.is_relative_to(out):
+            raise ReportError(f"--out {out} contains the input {root}; writing the report there would delete it. "
+                              "Give a folder that holds no input, e.g. one inside the input")
+    _check_out_folder(out)
+    return roots, out
+
+
+def build_report(paths: list[str | Path], out: str | Path, options: ReportOptions | None = None,
                  log: Callable[[str], None] = print) -> Path:
     """Write summary.{csv,md,tex}, figures and index.html into `out`; returns the index path.
 
-    Everything is written into a temporary folder next to `out` and moved into place at the end,
-    so an interrupted report never leaves half-written files behind.
+    Inputs and `out` are checked first (`check_report_paths`). Everything is written into a
+    temporary folder next to `out`, marked with `mfcbench-report.json`, and swapped into place at
+    the end, so an interrupted report never leaves half-written files behind.
     """
-    out = Path(out).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    runs, evaluations = load_runs(paths)
+    options = options or ReportOptions()
+    roots, out = check_report_paths(paths, out)
+    runs, evaluations = load_runs(roots)
     if runs.empty:
-        raise ValueError(f"no runs found under {', '.join(map(str, paths))} (looked for folders with "
-                         "config.yaml and result.json or metrics.jsonl)")
+        raise ReportError(f"no runs found under {', '.join(map(str, roots))} (looked for folders with "
+                          "config.yaml and result.json or metrics.jsonl)")
     counts = runs["status"].value_counts()
     log(f"read {len(runs)} runs ({counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed, "
         f"{counts.get('incomplete', 0)} incomplete) and {len(evaluations)} evaluations")
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        sections = _write_everything(paths, runs, evaluations, staging, options, log)
+        # The marker goes in first: a staging folder inside an input is then skipped by load_runs too
+        writers.write_text_atomic(staging / REPORT_MARKER, json.dumps(
+            {"mfcbench_report": 1, "inputs": [str(r) for r in roots],
+             "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=1) + "\n")
+        sections = _write_everything(roots, runs, evaluations, staging, options, log)
         writers.write_text_atomic(staging / "index.html", writers.html_page("mfcbench report", sections))
-        if out.exists():
-            old = out.with_name(f".{out.name}-old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.replace(old)
-            staging.replace(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.replace(out)
+        _swap_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out / "index.html"
 
 
-def _write_everything(paths, runs: pd.DataFrame, evaluations: pd.DataFrame, out: Path, options: ReportOptions,
-                      log) -> list[tuple[str, str]]:
+def _swap_into_place(staging: Path, out: Path) -> None:
+    if not out.exists():
+        staging.replace(out)
+        return
+    _check_out_folder(out)  # again: the report took a while, and someone may have put files there meanwhile
+    # A fresh, uniquely named holder: a fixed name could belong to someone else's folder
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
+    out.replace(old / "previous")
+    try:
+        staging.replace(out)
+    except OSError:
+        (old / "previous").replace(out)  # put the previous report back
+        old.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_everything(roots: list[Path], runs: pd.DataFrame, evaluations: pd.DataFrame, out: Path,
+                      options: ReportOptions, log) -> list[tuple[str, str]]:
     table = summary_table(runs)
     reported = reference_rows(table)
     full = pd.concat([table, reported], ignore_index=True) if not reported.empty else table
@@ -88,7 +166,7 @@ def _write_everything(paths, runs: pd.DataFrame, evaluations: pd.DataFrame, out:
          + writers.to_html_table(pairs.round(3))),
     ]
     sections += _extra_sections(runs, out, options, log)
-    sections += optuna_sections([Path(p).expanduser().resolve() for p in paths], runs, out)
+    sections += optuna_sections(roots, runs, out)
     sections.append(("Figures", "".join(
         f"<p><img src='{html.escape(p.name)}' alt='{html.escape(p.stem)}'></p>" for p in sorted(images))
         or "<p><em>no evaluations yet</em></p>"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -50,21 +51,44 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     return out.fillna("")
 
 
+# Backslash first, so the backslashes added after it are not doubled; `&` before the entities that use it
+_MARKDOWN_ESCAPES = [("\\", "\\\\"), ("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("|", "\\|"), ("`", "\\`"),
+                     ("*", "\\*"), ("_", "\\_"), ("[", "\\["), ("]", "\\]")]
+
+
+def markdown_cell(value) -> str:
+    """Text shown literally in a Markdown table cell: no HTML, emphasis, code, links or extra columns."""
+    text = " ".join(str(value).split())  # a newline would end the table row
+    for char, escaped in _MARKDOWN_ESCAPES:
+        text = text.replace(char, escaped)
+    return text
+
+
 def to_markdown(frame: pd.DataFrame) -> str:
+    """A pipe table; best values (marked ` *` by display_table) in bold, as in the LaTeX and HTML tables."""
     if frame.empty:
         return "_nothing to show_\n"
     cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(markdown_cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(str(row[c]).replace("|", "\\|") for c in cols) + " |")
+        cells = []
+        for c in cols:
+            text = str(row[c])
+            best = text.endswith(" *")
+            cells.append(f"**{markdown_cell(text.removesuffix(' *'))}**" if best else markdown_cell(text))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# Replaced in one pass, so the braces of `\textbackslash{}` are not escaped again
+_LATEX_ESCAPES = {"\\": "\\textbackslash{}", "_": "\\_", "%": "\\%", "&": "\\&", "#": "\\#", "±": "$\\pm$",
+                  "$": "\\$", "{": "\\{", "}": "\\}", "^": "\\textasciicircum{}", "~": "\\textasciitilde{}"}
 
 
 def to_latex(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "% nothing to show\n"
-    escape = lambda s: str(s).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%") \
-        .replace("&", "\\&").replace("#", "\\#").replace("±", "$\\pm$")  # noqa: E731
+    escape = lambda s: re.sub(r"[\\_%&#±${}^~]", lambda m: _LATEX_ESCAPES[m.group()], str(s))  # noqa: E731
     cols = list(frame.columns)
     lines = ["\\begin{tabular}{" + "l" * len(cols) + "}", "\\toprule",
              " & ".join(escape(c) for c in cols) + " \\\\", "\\midrule"]

@@ -1,6 +1,8 @@
 """Reports: aggregation checked by hand, LPIPS weights and values, probes, files, failures."""
+import io
 import json
 import pickle
+import re
 import subprocess
 import sys
 
@@ -12,11 +14,12 @@ import yaml
 from harness.config import TrialConfig
 from harness.trainer import TrialFailed, run_trial
 from reports.load import load_runs
-from reports.report import ReportOptions, build_report
+from reports.report import ReportError, ReportOptions, build_report
 from reports.stats import describe, expected_best_of_n, probability_of_improvement
 from reports.summary import failures, summary_table
 
 QUIET = dict(log=lambda s: None)
+FAST = ReportOptions(lpips_samples=0, probes=False, run_figures=False)
 
 
 def fake_run(folder, variant, seed, acc, status="completed", error=None, dataset="digits"):
@@ -85,19 +88,82 @@ def test_small_sample_statistics():
 
 def test_report_files_and_partial_sweep(fixture_results, tmp_path):
     out = tmp_path / "report"
-    out.mkdir()
+    build_report([fixture_results], out, FAST, **QUIET)
     (out / "stale.txt").write_text("from an earlier report")
-    index = build_report([fixture_results], out, ReportOptions(lpips_samples=0, probes=False, run_figures=False),
-                         **QUIET)
+    index = build_report([fixture_results], out, FAST, **QUIET)  # a report folder is replaced as a whole
     text = index.read_text()
     assert "Clustering accuracy" in text and "non-finite loss in epoch 3" in text and "<img" in text
     assert not (out / "stale.txt").exists()
-    assert not list(tmp_path.glob(".report-*")), "staging folder left behind"
+    marker = json.loads((out / "mfcbench-report.json").read_text())
+    assert marker["mfcbench_report"] == 1 and marker["inputs"] == [str(fixture_results)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp", "report"], "staging or old folder left behind"
     for name in ("summary.csv", "summary.md", "summary.tex", "pairwise.csv", "failures.csv"):
         assert (out / name).stat().st_size > 100
     assert "\\begin{tabular}" in (out / "summary.tex").read_text()
     pngs = list(out.glob("*.png"))
     assert pngs and all(p.stat().st_size > 5000 for p in pngs)
+
+
+def snapshot(root):
+    return {str(p.relative_to(root)): p.is_dir() or p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+def test_report_never_replaces_inputs_or_other_folders(fixture_results, tmp_path):
+    run = fixture_results / "trial_a1" / "runs" / "seed1"
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    (tmp_path / "notes.txt").write_text("keep me")
+    before = snapshot(tmp_path)
+    for paths, out, message in [
+        ([fixture_results], fixture_results, "is an input"),
+        ([run], run, "is an input"),
+        ([fixture_results, tmp_path / "notes"], tmp_path / "notes", "is an input"),
+        ([fixture_results], tmp_path, "contains the input"),
+        ([run], fixture_results / "trial_a1", "contains the input"),
+        ([fixture_results], tmp_path / "notes", "not a report folder"),
+        ([fixture_results], tmp_path / "notes.txt", "is a file"),
+        ([fixture_results, tmp_path / "gone"], tmp_path / "new" / "report", f"not found: {tmp_path / 'gone'}"),
+        ([tmp_path / "notes"], tmp_path / "new" / "report", "no runs found"),
+    ]:
+        with pytest.raises(ReportError, match=message):
+            build_report(paths, out, FAST, **QUIET)
+        assert snapshot(tmp_path) == before, (paths, out)
+
+
+def test_report_inside_the_experiment_is_never_read_as_runs(fixture_results):
+    out = fixture_results / "report"  # what `mfcbench sweep` suggests
+    build_report([fixture_results], out, FAST, **QUIET)
+    # a run folder copied into the report (or a staging folder there) must not be read back
+    fake_run(out / "copy" / "runs" / "seed5", "A", 5, (0.1, 0.1))
+    build_report([fixture_results], out, FAST, **QUIET)
+    runs = (out / "runs.csv").read_text()
+    assert len(load_runs([fixture_results])[0]) == 7 and "seed5" not in runs and str(out) not in runs
+    assert not (out / "copy").exists()
+
+
+def test_report_options_are_checked_before_any_work():
+    for kwargs, message in [({"lpips_samples": -1}, "--lpips-samples must be 0"), ({"lpips_samples": 1}, ">= 2"),
+                            ({"sample_temperature": 0.0}, "--sample-temperature"),
+                            ({"sample_temperature": float("nan")}, "got nan")]:
+        with pytest.raises(ReportError, match=message):
+            ReportOptions(**kwargs)
+    assert ReportOptions(lpips_samples=2).lpips_samples == 2 and ReportOptions(lpips_samples=0).lpips_samples == 0
+
+
+def test_summary_markdown_escapes_names(tmp_path):
+    root = tmp_path / "exp"
+    for seed in (0, 1):
+        fake_run(root / f"t{seed}" / "runs" / f"seed{seed}", "<b>x</b> | y_`z`*", seed, (0.5 + seed / 10, 0.2))
+        fake_run(root / f"u{seed}" / "runs" / f"seed{seed}", "plain", seed, (0.3, 0.1))
+    index = build_report([root], tmp_path / "r", FAST, **QUIET)
+    md = (tmp_path / "r" / "summary.md").read_text()
+    assert "<b>" not in md and "&lt;b&gt;x&lt;/b&gt; \\| y\\_\\`z\\`\\*" in md
+    lines = md.splitlines()
+    unescaped_pipes = [len(re.findall(r"(?<!\\)\|", line)) for line in lines]
+    assert len(set(unescaped_pipes)) == 1, "a cell broke the table"
+    assert len(lines) == 2 + 2 * 3  # header, rule, two variants x (facet 1, 2, max)
+    assert "**" in md  # best values in bold, as in LaTeX and HTML
+    assert "<b>x</b>" not in index.read_text()
 
 
 def test_reference_rows_appear_for_matching_datasets(tmp_path):
@@ -118,6 +184,21 @@ def test_reports_do_not_import_training_code():
             "bad = [m for m in ('harness.trainer', 'harness.tune_runner', 'ray') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_harness_never_imports_reports():
+    """Data flows harness -> results on disk -> reports: `mfcbench report` reaches harness's CLI
+    through the `mfcbench.commands` entry point, not an import."""
+    import ast
+    from pathlib import Path
+
+    offenders = []
+    for path in (Path(__file__).parent.parent / "harness").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "reports"]
+    assert offenders == []
 
 
 # -- with trained models ------------------------------------------------------------------------------
@@ -154,6 +235,52 @@ def test_probes_on_tiny_trained_model(trained_runs):
     assert (measured["n"] == 2).all()
     z = measured[measured["inputs"] == "z"]["mean"].iloc[0]
     assert 0.3 < z <= 1.0  # 10 classes: chance is 0.1
+
+
+def test_probes_summarise_convergence_warnings_and_show_progress(trained_runs, monkeypatch):
+    import warnings
+
+    import sklearn.neural_network
+    from sklearn.exceptions import ConvergenceWarning
+
+    from reports.model_analyses import probe_table
+
+    real = sklearn.neural_network.MLPClassifier
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    # stops long before converging
+    monkeypatch.setattr(sklearn.neural_network, "MLPClassifier", lambda **kwargs: real(max_iter=2, **kwargs))
+    runs, _ = load_runs([trained_runs])
+    runs = runs[runs["variant"] == "two-facet"]
+    for stream, bar_shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        lines = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            probe_table(runs, max_train=300, log=lines.append)
+        assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+        summary = [line for line in lines if "ConvergenceWarning" in line]
+        assert summary == ["probes: 6 of 6 classifiers stopped at max_iter (2) before converging (sklearn "
+                           "ConvergenceWarning); their accuracies are reported as they are"]
+        assert ("probes:" in stream.getvalue() and "/2 [" in stream.getvalue()) == bar_shown  # total: the runs
+        assert bar_shown or stream.getvalue() == ""  # no control characters in logs
+
+
+def test_datasets_show_writes_and_rewrites_its_image(tmp_path, monkeypatch):
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["datasets", "show", "digits", "--out", "d/x.png", "--per-row", "3"]) == 0
+    first = (tmp_path / "d" / "x.png").read_bytes()
+    assert first.startswith(b"\x89PNG")
+    assert main(["datasets", "show", "digits", "--out", "d/x.png", "--per-row", "2"]) == 0  # its own PNG: replaced
+    assert (tmp_path / "d" / "x.png").read_bytes() != first
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["x.png"], "temporary file left behind"
+    np.savez(tmp_path / "plain.npz", x=np.random.default_rng(0).random((20, 4, 4)))  # no labels: one row
+    assert main(["datasets", "show", "npz:plain.npz", "--out", "plain.svg"]) == 0
+    assert (tmp_path / "plain.svg").read_text().startswith("<?xml")
 
 
 def test_full_report_over_sweep_with_errored_trial(trained_runs, tmp_path):

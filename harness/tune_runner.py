@@ -3,6 +3,7 @@
 Experiment folder (`storage/name/`):
   mfcbench-sweep.yaml     the sweep file as run, with the expanded trial list
   optuna.db               the Optuna study (search sweeps): `optuna-dashboard sqlite:///optuna.db`
+  mlflow.db               with --tracker mlflow: `mlflow ui --backend-store-uri sqlite:///.../mlflow.db`
   trial_<id>/mfcbench-trial.json   the trial's variant and searched overrides
   trial_<id>/runs/seed<s>/   each trial's run folder(s): config.yaml, metrics.jsonl, result.json
   trial_<id>/...          Ray Tune's own files (params.json, result.json, checkpoints, error.txt)
@@ -11,20 +12,26 @@ filesystem every node mounts (Ray's own rule for multi-node storage).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import pwd
+import re
 import socket
+import stat
 import statistics
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .config import TrialConfig
-from .sweep import SweepConfig, resolved_base, with_overrides
+from .sweep import SweepConfig, describe, experiment_name_problem, load_sweep, resolved_base, with_overrides
 
 RESERVED = ("grid_point", "trial", "cpus", "replicates", "experiment_dir")
 MARKER = "mfcbench-checkpoint.json"
@@ -150,64 +157,386 @@ def _mean_metrics(finals: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# On the driver
+# On the driver: checks that need no Ray (shared by --dry-run and a real start)
 
-def _event_printer():
+# Files Ray un-pickles on --resume: tuner.pkl, searcher-state-*.pkl, callback-states-*.pkl,
+# basic-variant-state-*.json (a cloudpickle despite its name), experiment_state-*.json (embeds
+# cloudpickle blobs) and each trial's error.pkl; untrusted_state also checks the folders holding them.
+PICKLED_STATE = ("*.pkl", "experiment_state-*.json", "basic-variant-state-*.json")
+REMOTE_STORAGE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+TRACKERS = ("mlflow",)
+
+
+@dataclass
+class SweepPlan:
+    """A sweep file and where it would run, every check passed; what `sweep` and `sweep --dry-run` share."""
+
+    sweep: SweepConfig
+    trials: list[dict]
+    experiment_dir: Path
+    resume: bool
+    source_text: str
+
+    def describe(self) -> str:
+        action = "resume" if self.resume else "new"
+        return f"{describe(self.sweep, self.trials)}\nexperiment folder ({action}): {self.experiment_dir}"
+
+
+def plan_sweep(file: str | Path, storage: str | None = None, name: str | None = None, resume: bool = False,
+               retry_errored: bool = False, trust_experiment_dir: bool = False,
+               tracker: str | None = None) -> SweepPlan:
+    """Every check of a sweep that needs no Ray: the file (harness.sweep.load_sweep), then where it would
+    run (check_before_start). Raises ConfigError or SweepError; creates and changes nothing."""
+    sweep, trials = load_sweep(file)
+    experiment_dir = check_before_start(sweep, storage or sweep.storage, name, resume, retry_errored,
+                                        trust_experiment_dir, tracker)
+    return SweepPlan(sweep, trials, experiment_dir, resume, Path(file).read_text())
+
+
+def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None = None, resume: bool = False,
+                       retry_errored: bool = False, trust_experiment_dir: bool = False,
+                       tracker: str | None = None) -> Path:
+    """The experiment folder `storage/name`, after checking everything about it that needs no Ray.
+
+    Raises SweepError listing every problem; creates nothing (a storage folder that does not exist yet
+    is judged by its nearest existing ancestor).
+    """
+    problems = []
+    if retry_errored and not resume:
+        problems.append("--retry-errored applies only with --resume (it re-runs the errored trials of an "
+                        "interrupted sweep)")
+    if tracker is not None and tracker not in TRACKERS:
+        problems.append(f"--tracker {tracker!r}: unknown; choose one of {', '.join(TRACKERS)}")
+    elif tracker == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        problems.append("--tracker mlflow needs MLflow installed: pip install 'mfcbench[mlflow]' (mlflow-skinny)")
+    name = sweep.name if name is None else name
+    name_problem = experiment_name_problem(name)
+    if name_problem:
+        problems.append(f"--name {name_problem}")
+    storage_text = str(storage)
+    if REMOTE_STORAGE.match(storage_text):
+        problems.append(f"storage {storage_text!r}: remote storage URIs (s3://, gs://, ...) are not supported yet; "
+                        "use a local folder or a shared filesystem every node mounts (e.g. NFS)")
+        raise SweepError("\n".join(problems))
+    storage_dir = Path(os.path.abspath(Path(storage_text).expanduser()))
+    storage_problem = _storage_problem(storage_dir)
+    if storage_problem:
+        problems.append(storage_problem)
+    if name_problem or storage_problem:
+        raise SweepError("\n".join(problems))
+    experiment_dir = storage_dir / name
+    if resume:
+        if not experiment_dir.is_dir():
+            problems.append(f"--resume: there is no experiment folder {experiment_dir}; check --storage and --name")
+        elif not (experiment_dir / "tuner.pkl").is_file():
+            problems.append(f"--resume: {experiment_dir} holds no sweep to resume (no tuner.pkl from Ray Tune); "
+                            "run it without --resume to start one there, or check --storage and --name")
+        elif not trust_experiment_dir:
+            untrusted = untrusted_state(experiment_dir)
+            if untrusted:
+                problems.append(
+                    f"--resume un-pickles Ray's experiment state in {experiment_dir}, which runs code as you, and "
+                    "someone else could have written it:\n" + "\n".join(f"  {line}" for line in untrusted)
+                    + "\nmake these yours and not group/world-writable (chmod -R go-w), or pass "
+                      "--trust-experiment-dir if you trust everyone who can write there")
+    elif experiment_dir.exists() and (not experiment_dir.is_dir() or any(experiment_dir.iterdir())):
+        problems.append(f"{experiment_dir} already holds a sweep; pass --resume to finish it, or --name/--storage "
+                        "for a new one (nothing was changed)")
+    if problems:
+        raise SweepError("\n".join(problems))
+    return experiment_dir
+
+
+def _storage_problem(storage_dir: Path) -> str | None:
+    """Why a sweep cannot write into storage_dir (creating it if needed), or None."""
+    if storage_dir.exists():
+        if not storage_dir.is_dir():
+            return f"storage {storage_dir} is a file, not a folder"
+        if not os.access(storage_dir, os.W_OK | os.X_OK):
+            return f"storage {storage_dir}: no permission to write there"
+        return None
+    ancestor = storage_dir.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"storage {storage_dir} cannot be created: {ancestor} is a file, not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"storage {storage_dir} cannot be created: no permission to write in {ancestor}"
+    return None
+
+
+def untrusted_state(experiment_dir: Path) -> list[str]:
+    """'path: why' for each file Ray would un-pickle on resume, or folder holding one, that is group- or
+    world-writable or owned by another user."""
+    paths = [experiment_dir]
+    for pattern in PICKLED_STATE:
+        paths += sorted(experiment_dir.glob(pattern))
+    for trial_dir in sorted(p for p in experiment_dir.glob("trial_*") if p.is_dir()):
+        paths.append(trial_dir)
+        paths += sorted(trial_dir.rglob("*.pkl"))
+    me = os.getuid()
+    lines = []
+    for path in paths:
+        info = path.stat()
+        why = []
+        if info.st_mode & 0o022:
+            who = " and ".join(w for w, bit in (("group", 0o020), ("world", 0o002)) if info.st_mode & bit)
+            why.append(f"{who}-writable (mode {stat.filemode(info.st_mode)}, {oct(info.st_mode & 0o7777)})")
+        if info.st_uid != me:
+            why.append(f"owned by {_user_name(info.st_uid)}, not by you ({_user_name(me)})")
+        if why:
+            lines.append(f"{path}: {'; '.join(why)}")
+    return lines
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+# ---------------------------------------------------------------------------------------------
+# On the driver: Ray
+
+def _fmt(value: Any) -> str:
+    """Floats in log lines to 4 significant digits (alphas 0.0002, not 0.00019999999494757503)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+PROGRESS_EVERY_S = 60
+
+
+def _event_printer(total: int, verbose: int = 0):
     from ray.tune import Callback
 
     class EventPrinter(Callback):
-        """One line per trial event, readable in a terminal or a log file."""
+        """One line per trial event, readable in a terminal or a log file, and progress lines
+        "k of N trials done (e errored), m running, ETA hh:mm:ss" on each trial's end and at most
+        every PROGRESS_EVERY_S seconds otherwise. Without -v a trial's evaluations print at most
+        once a minute; its final metrics print with its `done` line."""
+
+        def __init__(self):
+            self.total, self.verbose = total, verbose
+            self.started = time.monotonic()
+            self.last_progress = self.started
+            self.last_result: dict[str, float] = {}
+            self.completed: set[str] = set()
+            self.errored: set[str] = set()
+
+        def setup(self, **info):
+            self.started = self.last_progress = time.monotonic()
 
         def _tag(self, trial) -> str:
             return f"{trial.trial_id} [{trial.config.get('grid_point', {}).get('variant', 'search')}]"
 
+        def _metrics(self, result: dict) -> str:
+            parts = []
+            if isinstance(result.get("elbo"), float):
+                parts.append(f"elbo={_fmt(result['elbo'])}")
+            parts += [f"{k.removeprefix('acc/')}={_fmt(v)}" for k, v in result.items()
+                      if k.startswith("acc/") and isinstance(v, float)]
+            alphas = [result[k] for k in sorted((k for k in result if k.startswith("alpha/facet")),
+                                                 key=lambda k: int(k.removeprefix("alpha/facet")))]
+            if alphas:
+                parts.append("alphas=" + ",".join(_fmt(float(a)) for a in alphas))
+            return " ".join(parts)
+
+        def _print(self, text: str) -> None:
+            print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+        def _progress(self, trials) -> None:
+            self.last_progress = time.monotonic()
+            errored = {t.trial_id for t in trials if t.status == "ERROR"} | self.errored
+            finished = ({t.trial_id for t in trials if t.status == "TERMINATED"} | self.completed) - errored
+            running = sum(1 for t in trials if t.status == "RUNNING" and t.trial_id not in finished | errored)
+            done = len(finished) + len(errored)
+            done_here = len(self.completed | self.errored)  # a resumed sweep's earlier trials took no time here
+            remaining = max(self.total - done, 0)
+            if remaining == 0:
+                eta = "00:00:00"
+            elif done_here:
+                eta = _clock((time.monotonic() - self.started) / done_here * remaining)
+            else:
+                eta = "unknown"
+            self._print(f"{done} of {self.total} trials done ({len(errored)} errored), {running} running, ETA {eta}")
+
         def on_trial_start(self, iteration, trials, trial, **info):
             trial_config = trial.config.get("grid_point", trial.config).get("trial", {})
             seed = trial_config.get("training", {}).get("seed")
-            print(f"{time.strftime('%H:%M:%S')} start    {self._tag(trial)} seed={seed}", flush=True)
+            self._print(f"start    {self._tag(trial)} seed={seed}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            accs = " ".join(f"{k.removeprefix('acc/')}={v:.3f}" for k, v in result.items()
-                            if k.startswith("acc/") and isinstance(v, float))
-            elbo = result.get("elbo")
-            elbo_text = f"elbo={elbo:.2f} " if isinstance(elbo, float) else ""
-            print(f"{time.strftime('%H:%M:%S')} result   {self._tag(trial)} epoch={result.get('epoch')} "
-                  f"{elbo_text}{accs} host={result.get('host')}", flush=True)
+            now = time.monotonic()
+            if not self.verbose and now - self.last_result.get(trial.trial_id, float("-inf")) < PROGRESS_EVERY_S:
+                return
+            self.last_result[trial.trial_id] = now
+            self._print(f"result   {self._tag(trial)} epoch={result.get('epoch')} {self._metrics(result)} "
+                        f"host={result.get('host')}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            print(f"{time.strftime('%H:%M:%S')} done     {self._tag(trial)}", flush=True)
+            self.completed.add(trial.trial_id)
+            final = self._metrics(trial.last_result or {})
+            self._print(f"done     {self._tag(trial)} epoch={(trial.last_result or {}).get('epoch')} {final}")
+            self._progress(trials)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"{time.strftime('%H:%M:%S')} ERROR    {self._tag(trial)}: see {trial.path}/error.txt", flush=True)
+            self.errored.add(trial.trial_id)
+            self._print(f"ERROR    {self._tag(trial)}: {_error_summary(trial)} (see {trial.path}/error.txt)")
+            self._progress(trials)
+
+        def on_step_end(self, iteration, trials, **info):
+            if time.monotonic() - self.last_progress >= PROGRESS_EVERY_S:
+                self._progress(trials)
 
     return EventPrinter()
+
+
+def _error_summary(trial) -> str:
+    """The last line of the trial's error (the exception and its message), shortened."""
+    try:
+        lines = [line for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
+    except (OSError, TypeError):
+        return "failed"
+    last = ANSI_CODE.sub("", lines[-1]).strip() if lines else "failed"  # Ray colours its tracebacks
+    return last if len(last) <= 300 else last[:297] + "..."
 
 
 # Ray rewrites exactly "127.0.0.1" to the host's outward address (services.resolve_ip_for_localhost),
 # so a local Ray that must stay on loopback takes another address of 127.0.0.0/8.
 LOOPBACK_NODE_IP = "127.0.0.2"
+# ray.init(address=HOST:PORT) with nothing there retries for minutes (measured on Ray 2.60: still
+# retrying after 200 s), so the address is probed first.
+CONNECT_WAIT_S = 10
 
 
 def start_ray(address: str | None, num_cpus: int | None = None, object_store_mb: int = 512,
-              temp_dir: str | None = None) -> None:
+              temp_dir: str | None = None, quiet: bool = False) -> None:
     """Join `address`, or start a local Ray whose node address is on loopback (127.0.0.2), with the
     dashboard and usage stats off and a 512 MB object store (trials load their own data).
-    Ray's gRPC servers still listen on every interface; Ray 2.60 has no option to narrow that."""
+    Ray's gRPC servers still listen on every interface; Ray 2.60 has no option to narrow that.
+    `quiet`: Ray's driver logs at WARNING and the workers' output stays in Ray's log files.
+    Raises SweepError when no cluster answers at `address`."""
+    import logging
+
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _no_colour_unless_terminal()
     if ray.is_initialized():
         return
+    common: dict[str, Any] = dict(log_to_driver=not quiet, logging_level=logging.WARNING if quiet else logging.INFO)
     if address:
-        ray.init(address=address, log_to_driver=True)
+        _probe_address(address)
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError as error:
+            raise SweepError(f"--address {address}: {error}") from None
         return
     kwargs: dict[str, Any] = dict(_node_ip_address=LOOPBACK_NODE_IP, include_dashboard=False,
-                                  object_store_memory=object_store_mb * 1024 * 1024, log_to_driver=True)
+                                  object_store_memory=object_store_mb * 1024 * 1024, **common)
     if num_cpus:
         kwargs["num_cpus"] = num_cpus
     if temp_dir:
         kwargs["_temp_dir"] = temp_dir
     ray.init(**kwargs)
+
+
+def _no_colour_unless_terminal() -> None:
+    """Ray colours the "(trainable pid=...)" prefix of worker lines and its "[repeated Nx across
+    cluster]" summaries with ANSI codes, terminal or not. RAY_DEDUP_LOGS is read when ray is first
+    imported, so this runs before that where it can (run_sweep). A user's own setting wins."""
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        if "ray" in sys.modules:  # the handlers exist once ray is imported; the next call (start_ray) adds it
+            _strip_ansi_from_ray_logs()
+
+
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _strip_ansi_from_ray_logs() -> None:
+    """Ray's logged trial tracebacks colour the worker's name (RayTaskError, unconditionally)."""
+    import logging
+
+    class StripAnsi(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.msg = ANSI_CODE.sub("", str(record.msg))
+            if record.exc_info and not record.exc_text:
+                record.exc_text = ANSI_CODE.sub("", logging.Formatter().formatException(record.exc_info))
+            return True
+
+    for handler in logging.getLogger("ray").handlers:
+        if not any(type(f).__name__ == "StripAnsi" for f in handler.filters):
+            handler.addFilter(StripAnsi())
+
+
+def _probe_address(address: str) -> None:
+    """Raise SweepError unless something accepts TCP connections at the cluster's address within
+    CONNECT_WAIT_S. `auto` is resolved as ray.init does (RAY_ADDRESS, then the last `ray start` here)."""
+    if address.startswith("ray://"):
+        target = address.removeprefix("ray://").split("/")[0]
+        target = target if ":" in target else f"{target}:10001"
+    else:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            target = canonicalize_bootstrap_address(address)
+        except ConnectionError:
+            raise SweepError(f"--address {address}: no running Ray cluster found (RAY_ADDRESS is unset and no "
+                             "`ray start` ran on this machine); start one with `ray start --head --port=6379` "
+                             "or give its HOST:PORT") from None
+        except ValueError:
+            raise SweepError(f"--address {address!r}: expected HOST:PORT (the head's GCS port, e.g. "
+                             "10.0.0.1:6379), auto, or ray://HOST:PORT") from None
+        if target is None:  # "local": ray.init starts a new local instance
+            return
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit():
+        raise SweepError(f"--address {address!r}: expected HOST:PORT, got port {port!r}")
+    deadline = time.monotonic() + CONNECT_WAIT_S
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=5):
+                return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise SweepError(
+                    f"--address {address}: no Ray cluster answers at {host}:{port} ({error.strerror or error}; "
+                    f"tried for {CONNECT_WAIT_S} s). Is the Ray head running there (`ray start --head`) and is that port "
+                    "reachable from here?") from None
+            time.sleep(1)
+
+
+def check_cluster_fits(cpu: float, gpu: float, allow_pending: bool = False) -> None:
+    """Raise SweepError when no node of the connected cluster could ever hold one trial (a trial's
+    resources are one bundle on one node); Tune would otherwise leave every trial pending forever.
+    `allow_pending`: an autoscaling cluster will add such nodes, so only say so."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if any(n["Resources"].get("CPU", 0) >= cpu and n["Resources"].get("GPU", 0) >= gpu for n in nodes):
+        return
+    shown = [f"{n.get('NodeManagerAddress', '?')}: {n['Resources'].get('CPU', 0):g} CPU, "
+             f"{n['Resources'].get('GPU', 0):g} GPU" for n in nodes[:10]]
+    if len(nodes) > 10:
+        shown.append(f"... and {len(nodes) - 10} more")
+    total = ray.cluster_resources()
+    text = (f"resources: each trial needs {cpu:g} CPU and {gpu:g} GPU on one node, and no node of this cluster "
+            f"has that. Nodes: {'; '.join(shown) or 'none'}. Cluster total: {total.get('CPU', 0):g} CPU, "
+            f"{total.get('GPU', 0):g} GPU.")
+    if allow_pending:
+        print(f"{text} Waiting for the autoscaler to add a node (--allow-pending).", flush=True)
+        return
+    raise SweepError(f"{text} Lower `resources` in the sweep file, or pass --allow-pending on an autoscaling "
+                     "cluster that will add such nodes (nothing was started)")
 
 
 def _optuna_search(sweep: SweepConfig, experiment_dir: Path):
@@ -239,57 +568,124 @@ def _optuna_search(sweep: SweepConfig, experiment_dir: Path):
 
 def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name: str | None = None,
               address: str | None = None, resume: bool = False, retry_errored: bool = False,
-              source_text: str = "", ray_temp_dir: str | None = None, verbose: int = 1):
-    """Run (or resume) a validated sweep; returns Tune's ResultGrid."""
+              source_text: str = "", ray_temp_dir: str | None = None, verbose: int = 0,
+              allow_pending: bool = False, trust_experiment_dir: bool = False, tracker: str | None = None):
+    """Run (or resume) a validated sweep; returns Tune's ResultGrid.
+
+    verbose 0: mfcbench's own lines only (trial events, progress with ETA); 1 and 2: Ray Tune's
+    status tables and result tables too (RunConfig.verbose), with the workers' output and Ray's
+    INFO logs. Raises SweepError, before any trial starts, for everything check_before_start and
+    check_cluster_fits find.
+    """
+    _no_colour_unless_terminal()
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    name = name or sweep.name
-    storage = Path(storage).expanduser().resolve()
-    experiment_dir = storage / name
+    experiment_dir = check_before_start(sweep, storage, name, resume, retry_errored, trust_experiment_dir, tracker)
+    storage, name = experiment_dir.parent, experiment_dir.name
     run_trainable = tune.with_resources(trainable, {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
-    if resume:
-        if not tune.Tuner.can_restore(str(experiment_dir)):
-            raise SweepError(f"--resume: no sweep to resume at {experiment_dir}")
-    elif experiment_dir.exists() and any(experiment_dir.iterdir()):
-        raise SweepError(f"{experiment_dir} already holds a sweep; pass --resume to finish it, or --name/--storage "
-                         "for a new one (nothing was changed)")
+    total = len(trials) if sweep.search is None else sweep.search.num_samples
+    with _owner_only_writes(), _ray_output(verbose):
+        start_ray(address, temp_dir=ray_temp_dir, quiet=verbose == 0)
+        check_cluster_fits(sweep.resources.cpu, sweep.resources.gpu, allow_pending)
+        callbacks = [_event_printer(total, verbose)]
+        if resume:
+            tuner = tune.Tuner.restore(str(experiment_dir), trainable=run_trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=retry_errored)
+            if tracker == "mlflow":
+                callbacks.append(_mlflow_callback(experiment_dir, verbose))
+            # tuner.pkl holds the first run's RunConfig, callbacks and verbosity included: this
+            # run's flags (-v, --tracker) and a fresh progress count replace them.
+            local = getattr(tuner, "_local_tuner", None)
+            if local is not None:
+                run_config = local.get_run_config()
+                run_config.callbacks, run_config.verbose = callbacks, verbose
+            return tuner.fit()
 
-    start_ray(address, temp_dir=ray_temp_dir)
-    if resume:
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable=run_trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=retry_errored)
+        experiment_dir.mkdir(parents=True, exist_ok=True)
+        (experiment_dir / SWEEP_FILE).write_text(
+            source_text + "\n# --- expanded by mfcbench ---\n"
+            + yaml.safe_dump({"trials": [{"variant": t["variant"], "overrides": t["overrides"]} for t in trials]}))
+        if tracker == "mlflow":
+            callbacks.append(_mlflow_callback(experiment_dir, verbose))
+        search_alg, scheduler, num_samples = None, None, 1
+        param_space: dict[str, Any] = {"cpus": sweep.resources.cpu, "experiment_dir": str(experiment_dir)}
+        if sweep.search is None:
+            param_space["grid_point"] = tune.grid_search([{"variant": t["variant"], "trial": t["trial"]}
+                                                          for t in trials])
+        else:
+            param_space.update({"trial": resolved_base(sweep.base), "replicates": sweep.search.replicates})
+            search_alg = _optuna_search(sweep, experiment_dir)
+            if sweep.max_concurrent:
+                search_alg = ConcurrencyLimiter(search_alg, max_concurrent=sweep.max_concurrent)
+            num_samples = sweep.search.num_samples
+        if sweep.scheduler:
+            scheduler = ASHAScheduler(metric=sweep.scheduler.metric, mode=sweep.scheduler.mode, time_attr="epoch",
+                                      grace_period=sweep.scheduler.grace_period,
+                                      reduction_factor=sweep.scheduler.reduction_factor)
+        tuner = tune.Tuner(
+            run_trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                                        max_concurrent_trials=sweep.max_concurrent or None, reuse_actors=True,
+                                        trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage),
+                                      failure_config=tune.FailureConfig(max_failures=sweep.retries),
+                                      # Keep every (tiny) marker: see _marker_checkpoint.
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                                      callbacks=callbacks, verbose=verbose))
         return tuner.fit()
 
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    (experiment_dir / SWEEP_FILE).write_text(
-        source_text + "\n# --- expanded by mfcbench ---\n"
-        + yaml.safe_dump({"trials": [{"variant": t["variant"], "overrides": t["overrides"]} for t in trials]}))
-    search_alg, scheduler, num_samples = None, None, 1
-    param_space: dict[str, Any] = {"cpus": sweep.resources.cpu, "experiment_dir": str(experiment_dir)}
-    if sweep.search is None:
-        param_space["grid_point"] = tune.grid_search([{"variant": t["variant"], "trial": t["trial"]} for t in trials])
-    else:
-        param_space.update({"trial": resolved_base(sweep.base), "replicates": sweep.search.replicates})
-        search_alg = _optuna_search(sweep, experiment_dir)
-        if sweep.max_concurrent:
-            search_alg = ConcurrencyLimiter(search_alg, max_concurrent=sweep.max_concurrent)
-        num_samples = sweep.search.num_samples
-    if sweep.scheduler:
-        scheduler = ASHAScheduler(metric=sweep.scheduler.metric, mode=sweep.scheduler.mode, time_attr="epoch",
-                                  grace_period=sweep.scheduler.grace_period,
-                                  reduction_factor=sweep.scheduler.reduction_factor)
-    tuner = tune.Tuner(
-        run_trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
-                                    max_concurrent_trials=sweep.max_concurrent or None, reuse_actors=True,
-                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage),
-                                  failure_config=tune.FailureConfig(max_failures=sweep.retries),
-                                  # Keep every (tiny) marker: see _marker_checkpoint.
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-                                  callbacks=[_event_printer()], verbose=verbose))
-    return tuner.fit()
 
+@contextmanager
+def _ray_output(verbose: int):
+    """verbose 0: Ray Tune prints nothing of its own. Its new output engine (Ray 2.60's default) prints
+    the experiment box, TensorBoard hint and per-error blocks even at verbose=0, so the legacy engine
+    is chosen, which is silent at 0; Tune's logged traceback per errored trial is off too (the
+    EventPrinter names the error and error.txt). A user's own setting of either variable wins."""
+    quiet = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0"} if verbose == 0 else {}
+    added = [key for key in quiet if key not in os.environ]
+    os.environ.update({key: quiet[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+@contextmanager
+def _owner_only_writes():
+    """Files the driver writes (Ray's tuner.pkl and experiment state, which --resume un-pickles) and
+    a local Ray's processes it starts get no group/world write bits, whatever the user's umask."""
+    previous = os.umask(0o022)
+    os.umask(previous | 0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _mlflow_callback(experiment_dir: Path, verbose: int):
+    """Ray Tune's MLflow logger into experiment_dir/mlflow.db (offline; MLflow 3 refuses new runs in
+    its old ./mlruns file store, so SQLite), one MLflow run per trial, experiment named as the sweep."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    if not verbose:  # MLflow and alembic announce every schema migration at INFO
+        for logger_name in ("mlflow", "alembic"):
+            logging.getLogger(logger_name).setLevel(logging.WARNING)
+    uri = mlflow_tracking_uri(experiment_dir)
+    client = MlflowClient(uri)
+    # Created here, not by the callback, so artifacts have a place inside the experiment folder
+    # instead of ./mlruns under whatever folder the sweep was started from.
+    if client.get_experiment_by_name(experiment_dir.name) is None:
+        client.create_experiment(experiment_dir.name, artifact_location=(experiment_dir / "mlflow-artifacts").as_uri())
+    return MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment_dir.name,
+                                tags={"mfcbench.experiment_dir": str(experiment_dir)})
+
+
+def mlflow_tracking_uri(experiment_dir: Path) -> str:
+    return f"sqlite:///{experiment_dir / 'mlflow.db'}"

@@ -1,5 +1,6 @@
 """Sweeps: validation without Ray, and real local / two-node Ray Tune runs on loopback."""
 import json
+import re
 import subprocess
 import time
 from datetime import datetime
@@ -73,10 +74,151 @@ def test_dry_run_prints_trials_without_ray(tmp_path, capsys):
 
     path = write_sweep(tmp_path / "s.yaml", variants={"a": {}, "b": {"model.n_clusters": [5]}},
                        grid={"training.seed": [0, 1, 2]})
-    assert main(["sweep", str(path), "--dry-run"]) == 0
+    assert main(["sweep", str(path), "--dry-run", "--storage", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
     assert "6 trials, 1 CPU each" in out and "model.n_clusters=[5] training.seed=2" in out
+    assert f"experiment folder (new): {tmp_path / 'results' / 't'}" in out
     assert not (tmp_path / "results").exists()
+
+
+def test_search_space_checked_at_every_choice_and_both_bounds(tmp_path):
+    from harness.sweep import search_candidates
+
+    space = {"model.covariance": {"type": "categorical", "choices": ["diagonal", "full", "ful"]},
+             "model.n_clusters.0": {"type": "int", "low": 5, "high": 5000, "step": 10},
+             "model.latent_dims.0": {"type": "float", "low": 2, "high": 3.5},
+             "training.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    with pytest.raises(ConfigError) as info:
+        load_sweep(write_sweep(tmp_path / "bad.yaml", search={"space": space}))
+    text = str(info.value)
+    # every edge that is invalid, at once; Optuna's grid lowers high 5000 with step 10 from 5 to 4995
+    assert "search.space.model.covariance choice 3 = 'ful'" in text
+    assert "search.space.model.n_clusters.0 high = 4995" in text
+    assert "search.space.model.latent_dims.0 high = 3.5" in text
+    assert "choice 2" not in text and "training.lr" not in text and " low = " not in text
+    sweep, trials = load_sweep(write_sweep(tmp_path / "good.yaml", search={"space": {
+        **space, "model.covariance": {"type": "categorical", "choices": ["diagonal", "full"]},
+        "model.n_clusters.0": {"type": "int", "low": 5, "high": 40, "step": 10},
+        "model.latent_dims.0": {"type": "int", "low": 2, "high": 4}}}))
+    values = {key: sorted({str(overrides[key]) for _, overrides in search_candidates(sweep.search)})
+              for key in sweep.search.space}
+    assert values == {"model.covariance": ["diagonal", "full"], "model.n_clusters.0": ["35", "5"],
+                      "model.latent_dims.0": ["2", "4"], "training.lr": ["0.0001", "0.01"]}
+
+
+def test_metric_names_checked_against_what_the_trials_report(tmp_path):
+    variants = {"one": {}, "two": {"model.latent_dims": [3, 2], "model.n_clusters": [10, 5],
+                                   "model.hidden_sizes": [32, 32], "training.epochs_per_step": [1, 1]},
+                "km": {"model.name": "kmeans"}}
+    path = write_sweep(tmp_path / "s.yaml", variants=variants, grid={"training.seed": [0, 1]},
+                       scheduler={"metric": "kl_z/facet2", "mode": "min"})
+    with pytest.raises(ConfigError) as info:
+        load_sweep(path)
+    lines = [line for line in str(info.value).splitlines() if "scheduler.metric" in line]
+    assert len(lines) == 2, lines  # once per variant, not per seed
+    assert any("variant 'one'" in line and "facet 2 does not exist: model.latent_dims=[3] gives facets 1..1" in line
+               for line in lines)
+    assert any("variant 'km'" in line and "kmeans is a baseline" in line for line in lines)
+    # what every variant reports passes
+    load_sweep(write_sweep(tmp_path / "ok.yaml", variants=variants, grid={"training.seed": [0]},
+                           scheduler={"metric": "acc/facet1/digit"}))
+    with pytest.raises(ConfigError, match="dataset shapes-config1 has no factor 'digit'.*floor_hue"):
+        load_sweep(write_sweep(tmp_path / "shapes.yaml", base={**TINY_BASE, "dataset": {"name": "shapes-config1"}},
+                               search={"space": {"training.lr": {"type": "float", "low": 1e-4, "high": 1e-3}},
+                                       "metrics": ["acc/facet1/digit"]}))
+    with pytest.raises(ConfigError, match="factor 'wall_hue' of shapes-config1 has a single value"):
+        load_sweep(write_sweep(tmp_path / "single.yaml", base={**TINY_BASE, "dataset": {"name": "shapes-config1"}},
+                               search={"space": {"training.lr": {"type": "float", "low": 1e-4, "high": 1e-3}},
+                                       "metrics": ["nmi/facet1/wall_hue"]}))
+
+
+def test_where_a_sweep_goes_is_checked_without_creating_anything(tmp_path):
+    from harness.tune_runner import SweepError, check_before_start
+
+    sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0]}))
+    (tmp_path / "a-file").write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    assert check_before_start(sweep, tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper" / "t"
+    for storage, name, expected in [
+            (tmp_path, "../x", "--name '../x' is not a plain folder name"),
+            (tmp_path, "..", "--name '..' is not a plain folder name"),
+            (tmp_path, "a/b", "--name 'a/b' is not a plain folder name"),
+            ("gs://bucket/results", None, "storage 'gs://bucket/results': remote storage URIs"),
+            (tmp_path / "a-file" / "results", None, f"cannot be created: {tmp_path / 'a-file'} is a file"),
+            (tmp_path / "a-file", None, f"storage {tmp_path / 'a-file'} is a file, not a folder")]:
+        with pytest.raises(SweepError, match=re.escape(expected)):
+            check_before_start(sweep, storage, name)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def _fake_experiment(root: Path) -> Path:
+    experiment = root / "results" / "t"
+    (experiment / "trial_0").mkdir(parents=True)
+    for name in ("tuner.pkl", "experiment_state-2026-01-01_00-00-00.json", "trial_0/error.pkl"):
+        (experiment / name).write_bytes(b"not loaded")
+    for path in [experiment, *experiment.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return experiment
+
+
+def test_resume_refuses_state_that_others_could_write(tmp_path):
+    import os
+
+    from harness.tune_runner import SweepError, check_before_start
+
+    sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0]}))
+    experiment = _fake_experiment(tmp_path)
+    assert check_before_start(sweep, experiment.parent, resume=True) == experiment
+    for path, mode, why in [(experiment / "tuner.pkl", 0o664, "group-writable (mode -rw-rw-r--, 0o664)"),
+                            (experiment / "trial_0" / "error.pkl", 0o646, "world-writable"),
+                            (experiment / "trial_0", 0o777, "group and world-writable")]:
+        path.chmod(mode)
+        with pytest.raises(SweepError) as info:
+            check_before_start(sweep, experiment.parent, resume=True)
+        assert f"{path}: {why}" in str(info.value) and "--trust-experiment-dir" in str(info.value)
+        assert check_before_start(sweep, experiment.parent, resume=True, trust_experiment_dir=True) == experiment
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    if os.getuid() == 0:  # only root can give a file away
+        os.chown(experiment / "tuner.pkl", 65534, 65534)
+        with pytest.raises(SweepError, match=re.escape(f"{experiment / 'tuner.pkl'}: owned by ")):
+            check_before_start(sweep, experiment.parent, resume=True)
+
+
+def test_progress_lines_count_trials_and_estimate_the_rest(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import harness.tune_runner as runner
+
+    clock = [1000.0]
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
+    printer = runner._event_printer(total=5)
+    printer.setup()
+
+    def trial(i, status):
+        return SimpleNamespace(trial_id=f"t{i}", status=status, config={"grid_point": {"variant": "v"}},
+                               last_result={"epoch": 2, "elbo": -142.30712890625, "alpha/facet1": 0.00019999999494757503,
+                                            "alpha/facet2": 1.0, "acc/facet1/digit": 0.32591},
+                               path=f"/x/t{i}", error_file=None)
+
+    # resumed: t0 finished in an earlier run, so it counts as done but not for the rate
+    trials = [trial(0, "TERMINATED"), trial(1, "RUNNING"), trial(2, "RUNNING"), trial(3, "PENDING"),
+              trial(4, "PENDING")]
+    clock[0] += 30
+    printer.on_step_end(iteration=1, trials=trials)
+    assert capsys.readouterr().out == ""  # under a minute since the start
+    clock[0] += 40
+    printer.on_step_end(iteration=2, trials=trials)
+    assert capsys.readouterr().out.endswith("1 of 5 trials done (0 errored), 2 running, ETA unknown\n")
+    clock[0] += 30  # 100 s after the start
+    printer.on_trial_complete(iteration=3, trials=trials, trial=trials[1])
+    out = capsys.readouterr().out
+    assert "done     t1 [v] epoch=2 elbo=-142.3 facet1/digit=0.3259 alphas=0.0002,1\n" in out
+    assert out.endswith("2 of 5 trials done (0 errored), 1 running, ETA 00:05:00\n")  # 3 left x 100 s
+    trials[1].status, trials[2].status = "TERMINATED", "ERROR"
+    clock[0] += 100
+    printer.on_trial_error(iteration=4, trials=trials, trial=trials[2])
+    out = capsys.readouterr().out
+    assert out.endswith("3 of 5 trials done (1 errored), 0 running, ETA 00:03:20\n")  # 2 left x 200 s / 2
 
 
 # -- real Ray -------------------------------------------------------------------------------------
@@ -108,6 +250,86 @@ def trial_runs(experiment: Path) -> list[dict]:
         meta = json.loads((result.parents[2] / "mfcbench-trial.json").read_text())
         rows.append({**json.loads(result.read_text()), **meta, "dir": result.parent})
     return rows
+
+
+def test_resources_no_node_has_fail_before_any_trial(tmp_path, local_ray, capsys):
+    from harness.tune_runner import SweepError, check_cluster_fits, run_sweep
+
+    for resources, asked in [({"cpu": 1, "gpu": 4}, "1 CPU and 4 GPU"), ({"cpu": 3}, "3 CPU and 0 GPU")]:
+        sweep, trials = load_sweep(write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0]},
+                                               resources=resources))
+        with pytest.raises(SweepError) as info:
+            run_sweep(sweep, trials, tmp_path / "results")
+        text = str(info.value)
+        assert f"each trial needs {asked} on one node" in text
+        assert "Nodes: 127.0.0.2: 2 CPU, 0 GPU. Cluster total: 2 CPU, 0 GPU." in text and "--allow-pending" in text
+        assert not (tmp_path / "results").exists()
+    check_cluster_fits(1, 4, allow_pending=True)  # an autoscaler may add the node: only said
+    assert "Waiting for the autoscaler" in capsys.readouterr().out
+
+
+def test_address_with_no_ray_there_fails_fast(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    path = write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0]}, storage=str(tmp_path / "results"))
+    dead = f"127.0.0.2:{free_port()}"
+    for address, env_extra in [(dead, {}), ("auto", {"RAY_ADDRESS": dead})]:
+        started = time.monotonic()
+        result = run([str(BIN / "mfcbench"), "sweep", str(path), "--address", address],
+                     {**ray_env(home), **env_extra}, timeout=120)
+        took = time.monotonic() - started
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"no Ray cluster answers at {dead}" in result.stderr and "Traceback" not in result.stderr
+        assert took < 30, f"--address {address}: {took:.0f} s to fail"
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_sweep_output_is_plain_progress_without_ray_tables(tmp_path):
+    home, temp = tmp_path / "home", short_temp_dir()
+    home.mkdir()
+    path = write_sweep(tmp_path / "g.yaml", variants={"ok": {}, "bad": {"training.lr": 1e12}},
+                       grid={"training.seed": [0, 1]}, storage=str(tmp_path / "results"))
+    try:
+        result = run([str(BIN / "mfcbench"), "sweep", str(path), "--ray-temp-dir", temp], ray_env(home), timeout=300)
+    finally:
+        kill_all(processes_of(temp))
+    out, err = result.stdout, result.stderr
+    assert result.returncode == 0, out[-3000:] + err[-3000:]
+    assert re.search(r"^\d\d:\d\d:\d\d 4 of 4 trials done \(2 errored\), 0 running, ETA 00:00:00$", out, re.M), out
+    assert len(re.findall(r"trials done \(\d errored\), \d running, ETA (\d\d:\d\d:\d\d|unknown)$", out, re.M)) == 4
+    assert "TrialFailed: non-finite loss" in out and "error.txt" in out
+    for noise in ("Configuration for experiment", "Trial status", "Traceback", "(trainable pid=", "\x1b["):
+        assert noise not in out + err, f"{noise!r} printed:\n{out}\n{err}"
+    ours = [line for line in out.splitlines() if re.match(r"\d\d:\d\d:\d\d (result|done) ", line)]
+    assert ours
+    for line in ours:  # floats at 4 significant digits, e.g. elbo=-142.3 facet1/digit=0.3259
+        for number in re.findall(r"=(-?[\d.]+(?:e[-+]?\d+)?)", line):
+            assert len(number.lstrip("-").replace(".", "").lstrip("0")) <= 4, line
+
+
+@pytest.mark.slow
+def test_mlflow_tracker_logs_every_trial(tmp_path, local_ray):
+    pytest.importorskip("mlflow", reason="MLflow is not installed: pip install 'mfcbench[mlflow]'")
+    from mlflow.tracking import MlflowClient
+
+    from harness.tune_runner import mlflow_tracking_uri, run_sweep
+
+    sweep, trials = load_sweep(write_sweep(tmp_path / "m.yaml", grid={"training.seed": [0, 1]}))
+    results = run_sweep(sweep, trials, tmp_path / "results", tracker="mlflow")
+    assert all(r.error is None for r in results)
+    experiment_dir = tmp_path / "results" / "t"
+    client = MlflowClient(mlflow_tracking_uri(experiment_dir))
+    experiment = client.get_experiment_by_name("t")
+    assert experiment.artifact_location.startswith(experiment_dir.as_uri())
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    logged = sorted([m.value for m in client.get_metric_history(r.info.run_id, "elbo")] for r in runs)
+    on_disk = sorted([json.loads(line)["elbo"] for line in (run["dir"] / "metrics.jsonl").read_text().splitlines()]
+                     for run in trial_runs(experiment_dir))
+    assert [len(history) for history in logged] == [2, 2]  # one point per evaluation
+    for history, written in zip(logged, on_disk):
+        assert history == pytest.approx(written)
 
 
 @pytest.mark.slow
@@ -218,6 +440,9 @@ def test_kill_driver_then_resume_finishes_each_trial_once(tmp_path):
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     finally:
         kill_all(processes_of(temp))
+    # the progress count includes the trials that finished before the kill
+    assert re.search(r"4 of 4 trials done \(0 errored\), 0 running, ETA 00:00:00$", resumed.stdout, re.M), \
+        resumed.stdout[-3000:]
     runs = trial_runs(experiment)
     assert sorted(r["seed"] for r in runs) == [0, 1, 2, 3] and all(r["status"] == "completed" for r in runs)
     for p, text in finished_before.items():

@@ -226,7 +226,8 @@ def _cmd_demo(args) -> int:
 
 def _cmd_sweep(args) -> int:
     from .config import ConfigError
-    from .tune_runner import SweepError, plan_sweep, run_sweep
+    from .sweep_checks import SweepError, plan_sweep
+    from .tune_runner import run_sweep
 
     try:
         # Every check that needs no Ray, the same for --dry-run: the whole file, --name, storage, --resume.

@@ -1,4 +1,6 @@
-"""Running a sweep on Ray Tune: each trial is the single-trial trainer as a function trainable.
+"""Running a sweep on Ray Tune, on the driver: Ray start-up, the searcher and scheduler, progress lines.
+
+The trial itself is harness.tune_trial.trainable; checks that need no Ray are in harness.sweep_checks.
 
 Experiment folder (`storage/name/`):
   mfcbench-sweep.yaml     the sweep file as run, with the expanded trial list
@@ -12,292 +14,23 @@ filesystem every node mounts (Ray's own rule for multi-node storage).
 """
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
-import pwd
 import re
 import socket
-import stat
-import statistics
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import TrialConfig
-from .sweep import SweepConfig, describe, experiment_name_problem, load_sweep, resolved_base, with_overrides
+from .sweep import SweepConfig, resolved_base
+from .sweep_checks import SweepError, check_before_start
+from .tune_trial import trainable
 
-RESERVED = ("grid_point", "trial", "cpus", "replicates", "experiment_dir")
-MARKER = "mfcbench-checkpoint.json"
 SWEEP_FILE = "mfcbench-sweep.yaml"
 
-
-class SweepError(RuntimeError):
-    pass
-
-
-# ---------------------------------------------------------------------------------------------
-# Inside a Ray worker
-
-def trainable(params: dict) -> None:
-    """One Tune trial: a grid point {variant, trial config}, or a base trial config plus searched keys.
-
-    With `replicates` > 1 the suggestion is trained with seeds seed, seed+1, ... one after
-    another, and the final report is their mean (what Optuna optimises).
-    """
-    import ray
-    from ray import tune
-
-    from .trainer import run_trial
-
-    point = params.get("grid_point") or {"variant": "search", "trial": params["trial"]}
-    overrides = {k: v for k, v in params.items() if k not in RESERVED}
-    config_dict = with_overrides(point["trial"], overrides)
-    if config_dict["training"].get("threads") is None:
-        config_dict["training"]["threads"] = max(1, int(params.get("cpus", 1)))
-    config = TrialConfig.model_validate(config_dict)
-    replicates = int(params.get("replicates", 1))
-    # Not tune.get_context().get_trial_dir(): that is Ray's local staging folder, which a reused
-    # actor does not sync to storage. Run folders go straight into the experiment folder (for a
-    # multi-node cluster, storage must be a shared filesystem, as Ray requires anyway).
-    runs_root = Path(params["experiment_dir"]) / f"trial_{tune.get_context().get_trial_id()}" / "runs"
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as saved:
-            marker = json.loads((Path(saved) / MARKER).read_text())
-        print(f"restored by Tune after seed {marker['seed']} epoch {marker['epoch']}; continuing from the run "
-              f"folders in {runs_root}", flush=True)
-    runs_root.mkdir(parents=True, exist_ok=True)
-    (runs_root.parent / "mfcbench-trial.json").write_text(json.dumps({"variant": point["variant"], "overrides": overrides}))
-    identity = {"variant": point["variant"], "node_id": ray.get_runtime_context().get_node_id(),
-                "host": socket.gethostname(), "pid": os.getpid(),
-                "overrides": json.dumps(overrides, sort_keys=True, default=str)}
-
-    finals = []
-    for r in range(replicates):
-        seed = config.training.seed + r
-        trial_config = config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})})
-        run_dir = runs_root / f"seed{seed}"
-        final = _completed_final(run_dir)
-        if final is not None:  # finished before the driver died: not run again
-            finals.append(final)
-            if replicates == 1:
-                tune.report({**_numeric(final), **identity, "seed": seed, "replicate": 0})
-            else:
-                _report_mean(finals, identity, config.training.seed)
-            continue
-
-        def report(metrics: dict, _run_dir: Path, seed=seed) -> None:
-            with _marker_checkpoint(seed, metrics["epoch"]) as checkpoint:
-                tune.report({**_numeric(metrics), **identity, "seed": seed, "replicate": 0}, checkpoint=checkpoint)
-
-        # With replicates, Tune sees one result per finished replicate (the running mean) instead.
-        result = run_trial(trial_config, run_dir, resume=(run_dir / "checkpoint.pt").exists(),
-                           reporter=report if replicates == 1 else None,
-                           log=lambda line, seed=seed: print(f"[seed {seed}] {line}", flush=True))
-        finals.append(result["final"])
-        if replicates > 1:  # checkpoint after each finished replicate; report the running mean
-            _report_mean(finals, identity, config.training.seed)
-
-
-def _completed_final(run_dir: Path) -> dict | None:
-    """The final metrics of a run that finished, else None."""
-    done = run_dir / "result.json"
-    if done.exists():
-        result = json.loads(done.read_text())
-        if result.get("status") == "completed":
-            return result["final"]
-    return None
-
-
-@contextmanager
-def _marker_checkpoint(seed: int, epoch: int):
-    """A Tune checkpoint that records where the trial is (seed, epoch), not the weights.
-
-    The state itself is the run folder in storage (checkpoint.pt, written atomically, and
-    metrics.jsonl, cut back to it on resume), so restoring never depends on which checkpoint
-    folders Ray has kept: Ray snapshots its experiment state lazily, and after a killed driver
-    that state can name checkpoints Ray had already deleted. Markers are tiny, so all are kept.
-    """
-    from ray import tune
-
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / MARKER).write_text(json.dumps({"seed": seed, "epoch": epoch}))
-        yield tune.Checkpoint.from_directory(tmp)
-
-
-def _report_mean(finals: list[dict], identity: dict, seed: int) -> None:
-    from ray import tune
-
-    with _marker_checkpoint(seed, -1) as checkpoint:
-        tune.report({**_mean_metrics(finals), **identity, "seed": seed, "replicate": "mean",
-                     "replicates_done": len(finals)}, checkpoint=checkpoint)
-
-
-def _numeric(metrics: dict) -> dict:
-    out = {}
-    for key, value in metrics.items():
-        if key == "alphas":
-            out.update({f"alpha/facet{j}": a for j, a in enumerate(value, start=1)})
-        elif isinstance(value, (int, float)) or value is None:
-            out[key] = value
-    return out
-
-
-def _mean_metrics(finals: list[dict]) -> dict:
-    rows = [_numeric(f) for f in finals]
-    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float))]
-    return {k: statistics.fmean(row[k] for row in rows if row.get(k) is not None) for k in keys}
-
-
-# ---------------------------------------------------------------------------------------------
-# On the driver: checks that need no Ray (shared by --dry-run and a real start)
-
-# Files Ray un-pickles on --resume: tuner.pkl, searcher-state-*.pkl, callback-states-*.pkl,
-# basic-variant-state-*.json (a cloudpickle despite its name), experiment_state-*.json (embeds
-# cloudpickle blobs) and each trial's error.pkl; untrusted_state also checks the folders holding them.
-PICKLED_STATE = ("*.pkl", "experiment_state-*.json", "basic-variant-state-*.json")
-REMOTE_STORAGE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-TRACKERS = ("mlflow",)
-
-
-@dataclass
-class SweepPlan:
-    """A sweep file and where it would run, every check passed; what `sweep` and `sweep --dry-run` share."""
-
-    sweep: SweepConfig
-    trials: list[dict]
-    experiment_dir: Path
-    resume: bool
-    source_text: str
-
-    def describe(self) -> str:
-        action = "resume" if self.resume else "new"
-        return f"{describe(self.sweep, self.trials)}\nexperiment folder ({action}): {self.experiment_dir}"
-
-
-def plan_sweep(file: str | Path, storage: str | None = None, name: str | None = None, resume: bool = False,
-               retry_errored: bool = False, trust_experiment_dir: bool = False,
-               tracker: str | None = None) -> SweepPlan:
-    """Every check of a sweep that needs no Ray: the file (harness.sweep.load_sweep), then where it would
-    run (check_before_start). Raises ConfigError or SweepError; creates and changes nothing."""
-    sweep, trials = load_sweep(file)
-    experiment_dir = check_before_start(sweep, storage or sweep.storage, name, resume, retry_errored,
-                                        trust_experiment_dir, tracker)
-    return SweepPlan(sweep, trials, experiment_dir, resume, Path(file).read_text())
-
-
-def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None = None, resume: bool = False,
-                       retry_errored: bool = False, trust_experiment_dir: bool = False,
-                       tracker: str | None = None) -> Path:
-    """The experiment folder `storage/name`, after checking everything about it that needs no Ray.
-
-    Raises SweepError listing every problem; creates nothing (a storage folder that does not exist yet
-    is judged by its nearest existing ancestor).
-    """
-    problems = []
-    if retry_errored and not resume:
-        problems.append("--retry-errored applies only with --resume (it re-runs the errored trials of an "
-                        "interrupted sweep)")
-    if tracker is not None and tracker not in TRACKERS:
-        problems.append(f"--tracker {tracker!r}: unknown; choose one of {', '.join(TRACKERS)}")
-    elif tracker == "mlflow" and importlib.util.find_spec("mlflow") is None:
-        problems.append("--tracker mlflow needs MLflow installed: pip install 'mfcbench[mlflow]' (mlflow-skinny)")
-    name = sweep.name if name is None else name
-    name_problem = experiment_name_problem(name)
-    if name_problem:
-        problems.append(f"--name {name_problem}")
-    storage_text = str(storage)
-    if REMOTE_STORAGE.match(storage_text):
-        problems.append(f"storage {storage_text!r}: remote storage URIs (s3://, gs://, ...) are not supported yet; "
-                        "use a local folder or a shared filesystem every node mounts (e.g. NFS)")
-        raise SweepError("\n".join(problems))
-    storage_dir = Path(os.path.abspath(Path(storage_text).expanduser()))
-    storage_problem = _storage_problem(storage_dir)
-    if storage_problem:
-        problems.append(storage_problem)
-    if name_problem or storage_problem:
-        raise SweepError("\n".join(problems))
-    experiment_dir = storage_dir / name
-    if resume:
-        if not experiment_dir.is_dir():
-            problems.append(f"--resume: there is no experiment folder {experiment_dir}; check --storage and --name")
-        elif not (experiment_dir / "tuner.pkl").is_file():
-            problems.append(f"--resume: {experiment_dir} holds no sweep to resume (no tuner.pkl from Ray Tune); "
-                            "run it without --resume to start one there, or check --storage and --name")
-        elif not trust_experiment_dir:
-            untrusted = untrusted_state(experiment_dir)
-            if untrusted:
-                problems.append(
-                    f"--resume un-pickles Ray's experiment state in {experiment_dir}, which runs code as you, and "
-                    "someone else could have written it:\n" + "\n".join(f"  {line}" for line in untrusted)
-                    + "\nmake these yours and not group/world-writable (chmod -R go-w), or pass "
-                      "--trust-experiment-dir if you trust everyone who can write there")
-    elif experiment_dir.exists() and (not experiment_dir.is_dir() or any(experiment_dir.iterdir())):
-        problems.append(f"{experiment_dir} already holds a sweep; pass --resume to finish it, or --name/--storage "
-                        "for a new one (nothing was changed)")
-    if problems:
-        raise SweepError("\n".join(problems))
-    return experiment_dir
-
-
-def _storage_problem(storage_dir: Path) -> str | None:
-    """Why a sweep cannot write into storage_dir (creating it if needed), or None."""
-    if storage_dir.exists():
-        if not storage_dir.is_dir():
-            return f"storage {storage_dir} is a file, not a folder"
-        if not os.access(storage_dir, os.W_OK | os.X_OK):
-            return f"storage {storage_dir}: no permission to write there"
-        return None
-    ancestor = storage_dir.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        return f"storage {storage_dir} cannot be created: {ancestor} is a file, not a folder"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"storage {storage_dir} cannot be created: no permission to write in {ancestor}"
-    return None
-
-
-def untrusted_state(experiment_dir: Path) -> list[str]:
-    """'path: why' for each file Ray would un-pickle on resume, or folder holding one, that is group- or
-    world-writable or owned by another user."""
-    paths = [experiment_dir]
-    for pattern in PICKLED_STATE:
-        paths += sorted(experiment_dir.glob(pattern))
-    for trial_dir in sorted(p for p in experiment_dir.glob("trial_*") if p.is_dir()):
-        paths.append(trial_dir)
-        paths += sorted(trial_dir.rglob("*.pkl"))
-    me = os.getuid()
-    lines = []
-    for path in paths:
-        info = path.stat()
-        why = []
-        if info.st_mode & 0o022:
-            who = " and ".join(w for w, bit in (("group", 0o020), ("world", 0o002)) if info.st_mode & bit)
-            why.append(f"{who}-writable (mode {stat.filemode(info.st_mode)}, {oct(info.st_mode & 0o7777)})")
-        if info.st_uid != me:
-            why.append(f"owned by {_user_name(info.st_uid)}, not by you ({_user_name(me)})")
-        if why:
-            lines.append(f"{path}: {'; '.join(why)}")
-    return lines
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
-
-
-# ---------------------------------------------------------------------------------------------
-# On the driver: Ray
 
 def _fmt(value: Any) -> str:
     """Floats in log lines to 4 significant digits (alphas 0.0002, not 0.00019999999494757503)."""

@@ -133,7 +133,7 @@ def test_metric_names_checked_against_what_the_trials_report(tmp_path):
 
 
 def test_where_a_sweep_goes_is_checked_without_creating_anything(tmp_path):
-    from harness.tune_runner import SweepError, check_before_start
+    from harness.sweep_checks import SweepError, check_before_start
 
     sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0]}))
     (tmp_path / "a-file").write_text("x")
@@ -164,7 +164,7 @@ def _fake_experiment(root: Path) -> Path:
 def test_resume_refuses_state_that_others_could_write(tmp_path):
     import os
 
-    from harness.tune_runner import SweepError, check_before_start
+    from harness.sweep_checks import SweepError, check_before_start
 
     sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0]}))
     experiment = _fake_experiment(tmp_path)

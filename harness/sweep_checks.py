@@ -1,0 +1,154 @@
+"""Checks of a sweep that need no Ray, shared by `mfcbench sweep` and `--dry-run`: the sweep file
+(harness.sweep.load_sweep), then where it would run (storage, name, resume state, tracker)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from .sweep import SweepConfig, describe, experiment_name_problem, load_sweep
+
+
+class SweepError(RuntimeError):
+    """A sweep cannot start or go on; the message names what is wrong. Nothing on disk was changed."""
+
+
+# Files Ray un-pickles on --resume: tuner.pkl, searcher-state-*.pkl, callback-states-*.pkl,
+# basic-variant-state-*.json (a cloudpickle despite its name), experiment_state-*.json (embeds
+# cloudpickle blobs) and each trial's error.pkl; untrusted_state also checks the folders holding them.
+PICKLED_STATE = ("*.pkl", "experiment_state-*.json", "basic-variant-state-*.json")
+REMOTE_STORAGE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+TRACKERS = ("mlflow",)
+
+
+@dataclass
+class SweepPlan:
+    """A sweep file and where it would run, every check passed; what `sweep` and `sweep --dry-run` share."""
+
+    sweep: SweepConfig
+    trials: list[dict]
+    experiment_dir: Path
+    resume: bool
+    source_text: str
+
+    def describe(self) -> str:
+        action = "resume" if self.resume else "new"
+        return f"{describe(self.sweep, self.trials)}\nexperiment folder ({action}): {self.experiment_dir}"
+
+
+def plan_sweep(file: str | Path, storage: str | None = None, name: str | None = None, resume: bool = False,
+               retry_errored: bool = False, trust_experiment_dir: bool = False,
+               tracker: str | None = None) -> SweepPlan:
+    """Every check of a sweep that needs no Ray: the file (harness.sweep.load_sweep), then where it would
+    run (check_before_start). Raises ConfigError or SweepError; creates and changes nothing."""
+    sweep, trials = load_sweep(file)
+    experiment_dir = check_before_start(sweep, storage or sweep.storage, name, resume, retry_errored,
+                                        trust_experiment_dir, tracker)
+    return SweepPlan(sweep, trials, experiment_dir, resume, Path(file).read_text())
+
+
+def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None = None, resume: bool = False,
+                       retry_errored: bool = False, trust_experiment_dir: bool = False,
+                       tracker: str | None = None) -> Path:
+    """The experiment folder `storage/name`, after checking everything about it that needs no Ray.
+
+    Raises SweepError listing every problem; creates nothing (a storage folder that does not exist yet
+    is judged by its nearest existing ancestor).
+    """
+    problems = []
+    if retry_errored and not resume:
+        problems.append("--retry-errored applies only with --resume (it re-runs the errored trials of an "
+                        "interrupted sweep)")
+    if tracker is not None and tracker not in TRACKERS:
+        problems.append(f"--tracker {tracker!r}: unknown; choose one of {', '.join(TRACKERS)}")
+    elif tracker == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        problems.append("--tracker mlflow needs MLflow installed: pip install 'mfcbench[mlflow]' (mlflow-skinny)")
+    name = sweep.name if name is None else name
+    name_problem = experiment_name_problem(name)
+    if name_problem:
+        problems.append(f"--name {name_problem}")
+    storage_text = str(storage)
+    if REMOTE_STORAGE.match(storage_text):
+        problems.append(f"storage {storage_text!r}: remote storage URIs (s3://, gs://, ...) are not supported yet; "
+                        "use a local folder or a shared filesystem every node mounts (e.g. NFS)")
+        raise SweepError("\n".join(problems))
+    storage_dir = Path(os.path.abspath(Path(storage_text).expanduser()))
+    storage_problem = _storage_problem(storage_dir)
+    if storage_problem:
+        problems.append(storage_problem)
+    if name_problem or storage_problem:
+        raise SweepError("\n".join(problems))
+    experiment_dir = storage_dir / name
+    if resume:
+        if not experiment_dir.is_dir():
+            problems.append(f"--resume: there is no experiment folder {experiment_dir}; check --storage and --name")
+        elif not (experiment_dir / "tuner.pkl").is_file():
+            problems.append(f"--resume: {experiment_dir} holds no sweep to resume (no tuner.pkl from Ray Tune); "
+                            "run it without --resume to start one there, or check --storage and --name")
+        elif not trust_experiment_dir:
+            untrusted = untrusted_state(experiment_dir)
+            if untrusted:
+                problems.append(
+                    f"--resume un-pickles Ray's experiment state in {experiment_dir}, which runs code as you, and "
+                    "someone else could have written it:\n" + "\n".join(f"  {line}" for line in untrusted)
+                    + "\nmake these yours and not group/world-writable (chmod -R go-w), or pass "
+                      "--trust-experiment-dir if you trust everyone who can write there")
+    elif experiment_dir.exists() and (not experiment_dir.is_dir() or any(experiment_dir.iterdir())):
+        problems.append(f"{experiment_dir} already holds a sweep; pass --resume to finish it, or --name/--storage "
+                        "for a new one (nothing was changed)")
+    if problems:
+        raise SweepError("\n".join(problems))
+    return experiment_dir
+
+
+def _storage_problem(storage_dir: Path) -> str | None:
+    """Why a sweep cannot write into storage_dir (creating it if needed), or None."""
+    if storage_dir.exists():
+        if not storage_dir.is_dir():
+            return f"storage {storage_dir} is a file, not a folder"
+        if not os.access(storage_dir, os.W_OK | os.X_OK):
+            return f"storage {storage_dir}: no permission to write there"
+        return None
+    ancestor = storage_dir.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"storage {storage_dir} cannot be created: {ancestor} is a file, not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"storage {storage_dir} cannot be created: no permission to write in {ancestor}"
+    return None
+
+
+def untrusted_state(experiment_dir: Path) -> list[str]:
+    """'path: why' for each file Ray would un-pickle on resume, or folder holding one, that is group- or
+    world-writable or owned by another user."""
+    paths = [experiment_dir]
+    for pattern in PICKLED_STATE:
+        paths += sorted(experiment_dir.glob(pattern))
+    for trial_dir in sorted(p for p in experiment_dir.glob("trial_*") if p.is_dir()):
+        paths.append(trial_dir)
+        paths += sorted(trial_dir.rglob("*.pkl"))
+    me = os.getuid()
+    lines = []
+    for path in paths:
+        info = path.stat()
+        why = []
+        if info.st_mode & 0o022:
+            who = " and ".join(w for w, bit in (("group", 0o020), ("world", 0o002)) if info.st_mode & bit)
+            why.append(f"{who}-writable (mode {stat.filemode(info.st_mode)}, {oct(info.st_mode & 0o7777)})")
+        if info.st_uid != me:
+            why.append(f"owned by {_user_name(info.st_uid)}, not by you ({_user_name(me)})")
+        if why:
+            lines.append(f"{path}: {'; '.join(why)}")
+    return lines
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"

@@ -12,11 +12,16 @@
 
 Keys in `variants`, `grid` and `search.space` are dotted paths into the trial config; a list
 element is addressed by its index, as in `model.latent_dims.1` (facet 2's latent dimension).
+
+Every path in a sweep (storage, dataset.data_root, npz: files, in base, variants, grid and search
+choices) is made absolute when the sweep is loaded, against the working directory of the call:
+Ray runs each trial inside its own trial folder, where a relative path means something else.
 """
 from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -161,7 +166,16 @@ class SweepConfig(BaseModel):
     scheduler: Optional[SchedulerConfig] = None
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     max_concurrent: int = Field(default=0, ge=0, description="0: as many as the resources allow")
-    retries: int = Field(default=0, ge=0, description="times a failed trial is retried")
+    retries: int = Field(default=0, ge=0, description="times a trial whose actor or node was lost is retried "
+                                                      "(from its run folder); a trial that fails on its own "
+                                                      "(non-finite loss, bad data) is not")
+    report: Literal["every_evaluation", "final"] = Field(
+        default="every_evaluation", description="what each trial reports to Tune: every evaluation (live progress, "
+                                                "needed by a scheduler), or its final metrics only (cheapest for "
+                                                "thousands of trials); run folders keep every evaluation either way")
+    ray_loggers: bool = Field(default=False, description="also write Ray Tune's own per-trial result.json, "
+                                                         "progress.csv and TensorBoard files (each run folder "
+                                                         "already has metrics.jsonl and tensorboard/)")
     storage: str = "results"
 
     @field_validator("name")
@@ -181,10 +195,13 @@ class SweepConfig(BaseModel):
             raise ValueError("grid and search cannot be combined; use search.replicates for seeds "
                              "and one sweep file per grid point")
         if self.search is not None and self.scheduler is not None and self.search.replicates > 1:
-            raise ValueError("scheduler (ASHA) cannot stop trials early when search.replicates > 1: "
-                             "a trial reports the replicate mean only at the end")
+            raise ValueError("scheduler (ASHA) cannot be combined with search.replicates > 1: it would stop a "
+                             "suggestion's seeds one by one, each ranked against single seeds of other suggestions")
         if self.search is not None and self.scheduler is not None and len(self.search.metrics) > 1:
             raise ValueError("scheduler (ASHA) needs a single objective; search.metrics has several")
+        if self.scheduler is not None and self.report == "final":
+            raise ValueError("report: final cannot be combined with a scheduler: ASHA decides on the results of "
+                             "every evaluation; use report: every_evaluation")
         return self
 
 
@@ -226,6 +243,61 @@ def set_path(data: dict, dotted: str, value: Any) -> None:
             raise ConfigError(f"{dotted}: {'.'.join(parts[:i])} is a value, not a section")
 
 
+# A storage given as a URI (s3://, gs://, file://) is not a local path: left as written, for check_before_start.
+REMOTE_STORAGE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def absolute_path(path: str) -> str:
+    """`path` with `~` expanded, made absolute against the current working directory (not resolving
+    symlinks: a shared mount is named as the user named it)."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _absolute_dataset_name(name: Any) -> Any:
+    if isinstance(name, str) and name.startswith("npz:") and len(name) > len("npz:"):
+        return "npz:" + absolute_path(name[len("npz:"):])
+    return name
+
+
+# Trial config keys that hold a path, and how each is made absolute (other values pass unchanged,
+# so validation still reports them as written).
+PATH_KEYS = {
+    "dataset.data_root": lambda root: absolute_path(root) if isinstance(root, str) else root,
+    "dataset.name": _absolute_dataset_name,
+}
+
+
+def with_absolute_paths(key: str, value: Any) -> Any:
+    """`value` as set at dotted `key` of a trial config ("" for a whole config, "dataset" for that
+    section) with every path in it absolute."""
+    if key in PATH_KEYS:
+        return PATH_KEYS[key](value)
+    prefix = f"{key}." if key else ""
+    if isinstance(value, dict) and any(path_key.startswith(prefix) for path_key in PATH_KEYS):
+        return {k: with_absolute_paths(prefix + str(k), v) for k, v in value.items()}
+    return value
+
+
+def _with_absolute_paths(sweep: SweepConfig) -> SweepConfig:
+    """The sweep with every path absolute; a preset or trial-YAML `base` is read into a mapping so its
+    paths (every paper-* preset has data_root: data) are made absolute too. Raises ConfigError for a
+    base that cannot be read."""
+    base = read_yaml(sweep.base) if isinstance(sweep.base, str) else sweep.base
+    search = sweep.search
+    if search is not None:
+        space = {key: p.model_copy(update={"choices": [with_absolute_paths(key, c) for c in p.choices]})
+                 if p.type == "categorical" else p for key, p in search.space.items()}
+        search = search.model_copy(update={"space": space})
+    return sweep.model_copy(update={
+        "base": with_absolute_paths("", base),
+        "variants": {label: {key: with_absolute_paths(key, value) for key, value in overrides.items()}
+                     for label, overrides in sweep.variants.items()},
+        "grid": {key: [with_absolute_paths(key, value) for value in values] for key, values in sweep.grid.items()},
+        "search": search,
+        "storage": sweep.storage if REMOTE_STORAGE.match(sweep.storage) else absolute_path(sweep.storage),
+    })
+
+
 def resolved_base(base: dict | str) -> dict:
     """The base (a mapping, preset name or trial YAML) with every default filled in, so list paths
     like model.latent_dims.1 exist."""
@@ -242,6 +314,34 @@ def with_overrides(base: dict, overrides: dict[str, Any]) -> dict:
 
 
 SEED_KEY = "training.seed"
+EPOCHS_KEY = "training.epochs_per_step"
+
+
+def total_epochs(trial: dict) -> int:
+    """Epochs a trial config (a dict) trains for: the sum of training.epochs_per_step."""
+    return TrialConfig.model_validate(trial).training.total_epochs
+
+
+def max_total_epochs(sweep: SweepConfig, trials: list[dict]) -> int:
+    """The most epochs any trial of a valid sweep can train (ASHA's max_t): over a grid's trials, or for
+    a search over the base with every combination of edge values of the searched keys that set epochs."""
+    if sweep.search is None:
+        return max(total_epochs(t["trial"]) for t in trials)
+    base = resolved_base(sweep.base)
+    epoch_keys = [key for key in sweep.search.space if key == EPOCHS_KEY or key.startswith(EPOCHS_KEY + ".")]
+    edges = [[value for _, value in sweep.search.space[key].edge_values()] for key in epoch_keys]
+    return max(total_epochs(with_overrides(base, dict(zip(epoch_keys, combination))))
+               for combination in itertools.product(*edges))
+
+
+def effective_max_concurrent(sweep: SweepConfig) -> int:
+    """Tune trials run at once (0: as many as the cluster's resources hold). A TPE search without
+    `max_concurrent` runs n_startup_trials suggestions (x replicates seeds) at once: TPE suggests from
+    finished trials, and with more suggestions in flight than its random start-up ones it degrades
+    towards random sampling."""
+    if sweep.max_concurrent or sweep.search is None or sweep.search.sampler.type != "tpe":
+        return sweep.max_concurrent
+    return sweep.search.sampler.n_startup_trials * sweep.search.replicates
 
 
 def grid_points(sweep: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
@@ -265,10 +365,12 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, list[dict]]:
 
     Every problem is reported in one ConfigError, by key path, before anything starts: every grid
     trial, every categorical choice and both ends of every searched range as trial configs, and
-    every metric name against what those trials will report.
+    every metric name against what those trials will report. Every path in the returned sweep and
+    trials is absolute (see _with_absolute_paths).
     """
     sweep = _parse_sweep_file(Path(path))
     try:
+        sweep = _with_absolute_paths(sweep)
         base = resolved_base(sweep.base)
     except ConfigError as error:
         raise ConfigError(f"invalid sweep file {path}:\n  base: {error}") from None
@@ -288,6 +390,12 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, list[dict]]:
         if sweep.variants:
             problems.append(f"  variants: not used by a search sweep (got {list(sweep.variants)})")
     problems += _metric_problems(sweep, checked)
+    if sweep.scheduler is not None and not problems:
+        longest = max_total_epochs(sweep, checked)
+        if sweep.scheduler.grace_period > longest:
+            problems.append(f"  scheduler.grace_period: {sweep.scheduler.grace_period} exceeds the {longest} epochs of "
+                            "the longest trial (ASHA's max_t); lower it")
+    problems += _device_problems(sweep, checked)
     if problems:
         raise ConfigError(f"invalid sweep file {path}:\n" + "\n".join(dict.fromkeys(problems)))
     return sweep, trials
@@ -329,6 +437,45 @@ def search_candidates(search: SearchConfig) -> list[tuple[str, dict[str, Any]]]:
         for label, value in parameter.edge_values()[1:]:  # the first edge value is first[key]
             candidates.append((f"search.space.{key} {label} = {value!r}", {**first, key: value}))
     return candidates
+
+
+def _device_problems(sweep: SweepConfig, trials: list[dict]) -> list[str]:
+    """A fixed GPU index in a sweep: Ray gives each trial its GPU(s) (resources.gpu) and makes only those
+    visible, so cuda:N would pick a GPU Ray did not assign, or one that is not there."""
+    problems = []
+    for trial in trials:
+        device = trial["trial"]["training"]["device"]
+        if device.startswith("cuda:"):
+            who = f"variant {trial['variant']!r}" if sweep.search is None else "the searched trials"
+            problems.append(f"  training.device: {device!r} in {who} is not allowed in a sweep: Ray assigns each "
+                            "trial its GPU (resources.gpu); use cuda or auto (or cpu)")
+        elif device == "cuda" and not sweep.resources.gpu:
+            who = f"variant {trial['variant']!r}" if sweep.search is None else "the searched trials"
+            problems.append(f"  training.device: 'cuda' in {who} needs resources.gpu > 0: Ray gives a trial no GPU "
+                            "unless it asks for one (or use device auto)")
+    return problems
+
+
+DATASETS_WITHOUT_FILES = ("digits", "shapes-config1", "shapes-config2")
+
+
+def data_paths(sweep: SweepConfig, trials: list[dict]) -> list[tuple[str, str]]:
+    """(what, absolute path) for every file or folder the trials read their data from: ("npz", file) or
+    ("data_root of <dataset>", folder or file). Datasets that ship with scikit-learn or are rendered
+    (digits, shapes-config*) read nothing, whatever their data_root says."""
+    if sweep.search is None:
+        configs = [t["trial"] for t in trials]
+    else:
+        base = resolved_base(sweep.base)
+        configs = [with_overrides(base, overrides) for _, overrides in search_candidates(sweep.search)]
+    found: dict[tuple[str, str], None] = {}
+    for config in configs:
+        name, root = config["dataset"]["name"], config["dataset"].get("data_root")
+        if name.startswith("npz:"):
+            found[("npz", name[len("npz:"):])] = None
+        elif root is not None and name not in DATASETS_WITHOUT_FILES:
+            found[(f"data_root of {name}", root)] = None
+    return list(found)
 
 
 def _metric_problems(sweep: SweepConfig, trials: list[dict]) -> list[str]:
@@ -394,7 +541,7 @@ def describe(sweep: SweepConfig, trials: list[dict]) -> str:
     lines = [f"sweep {sweep.name}: {sweep.description}".rstrip(": ")]
     res = f"{sweep.resources.cpu:g} CPU" + (f" + {sweep.resources.gpu:g} GPU" if sweep.resources.gpu else "")
     if sweep.search is None:
-        lines.append(f"{len(trials)} trials, {res} each, max_concurrent={sweep.max_concurrent or 'auto'}")
+        lines.append(f"{len(trials)} trials, {res} each")
         for i, t in enumerate(trials):
             lines.append(f"  {i:4d}  {t['variant']:<20} " + " ".join(f"{k}={v}" for k, v in t["overrides"].items()))
     else:
@@ -405,7 +552,30 @@ def describe(sweep: SweepConfig, trials: list[dict]) -> str:
         for key, p in s.space.items():
             span = p.choices if p.type == "categorical" else f"[{p.low:g}, {p.high:g}]" + (" log" if p.log else "")
             lines.append(f"  {key}: {p.type} {span}")
+    lines += _concurrency_lines(sweep)
     if sweep.scheduler:
         lines.append(f"scheduler: ASHA on {sweep.scheduler.metric} ({sweep.scheduler.mode}), grace period "
-                     f"{sweep.scheduler.grace_period}, reduction factor {sweep.scheduler.reduction_factor:g}")
+                     f"{sweep.scheduler.grace_period}, reduction factor {sweep.scheduler.reduction_factor:g}, "
+                     f"max_t {max_total_epochs(sweep, trials)} epochs")
+    lines += [f"data: {what} {path}" for what, path in data_paths(sweep, trials)]
     return "\n".join(lines)
+
+
+def _concurrency_lines(sweep: SweepConfig) -> list[str]:
+    """The effective concurrency, and a warning when a TPE search has more suggestions in flight than
+    random start-up suggestions."""
+    limit = effective_max_concurrent(sweep)
+    if not limit:
+        return ["concurrency: as many trials at once as the cluster's resources hold"]
+    source = "max_concurrent" if sweep.max_concurrent else "default: search.sampler.n_startup_trials x replicates"
+    if sweep.search is None:
+        return [f"concurrency: at most {limit} trials at once ({source})"]
+    in_flight = math.ceil(limit / sweep.search.replicates)
+    lines = [f"concurrency: at most {limit} trials at once, {in_flight} suggestion(s) x {sweep.search.replicates} "
+             f"seed(s) ({source})"]
+    startup = sweep.search.sampler.n_startup_trials
+    if sweep.search.sampler.type == "tpe" and in_flight > startup:
+        lines.append(f"WARNING: {in_flight} suggestions in flight exceed search.sampler.n_startup_trials ({startup}): "
+                     "TPE then suggests from few finished trials and degrades towards random sampling; lower "
+                     "max_concurrent or raise n_startup_trials")
+    return lines

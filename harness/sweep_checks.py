@@ -1,16 +1,20 @@
 """Checks of a sweep that need no Ray, shared by `mfcbench sweep` and `--dry-run`: the sweep file
-(harness.sweep.load_sweep), then where it would run (storage, name, resume state, tracker)."""
+(harness.sweep.load_sweep), then where it would run (storage, name, resume state, another driver's
+lock, tracker); and the driver lock itself (driver_lock)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pwd
-import re
+import socket
 import stat
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sweep import SweepConfig, describe, experiment_name_problem, load_sweep
+from .sweep import REMOTE_STORAGE, SweepConfig, describe, experiment_name_problem, load_sweep
 
 
 class SweepError(RuntimeError):
@@ -21,7 +25,6 @@ class SweepError(RuntimeError):
 # basic-variant-state-*.json (a cloudpickle despite its name), experiment_state-*.json (embeds
 # cloudpickle blobs) and each trial's error.pkl; untrusted_state also checks the folders holding them.
 PICKLED_STATE = ("*.pkl", "experiment_state-*.json", "basic-variant-state-*.json")
-REMOTE_STORAGE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 TRACKERS = ("mlflow",)
 
 
@@ -83,6 +86,9 @@ def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None
     if name_problem or storage_problem:
         raise SweepError("\n".join(problems))
     experiment_dir = storage_dir / name
+    held_by_another_driver = lock_problem(experiment_dir)
+    if held_by_another_driver:
+        raise SweepError(held_by_another_driver)
     if resume:
         if not experiment_dir.is_dir():
             problems.append(f"--resume: there is no experiment folder {experiment_dir}; check --storage and --name")
@@ -97,7 +103,9 @@ def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None
                     "someone else could have written it:\n" + "\n".join(f"  {line}" for line in untrusted)
                     + "\nmake these yours and not group/world-writable (chmod -R go-w), or pass "
                       "--trust-experiment-dir if you trust everyone who can write there")
-    elif experiment_dir.exists() and (not experiment_dir.is_dir() or any(experiment_dir.iterdir())):
+    # A folder holding only a lock is a new sweep whose driver died before writing anything.
+    elif experiment_dir.exists() and (not experiment_dir.is_dir()
+                                      or any(p.name != LOCK_FILE for p in experiment_dir.iterdir())):
         problems.append(f"{experiment_dir} already holds a sweep; pass --resume to finish it, or --name/--storage "
                         "for a new one (nothing was changed)")
     if problems:
@@ -152,3 +160,111 @@ def _user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid {uid}"
+
+
+# -- one driver per experiment -------------------------------------------------------------------
+# Two drivers on one experiment (a second `mfcbench sweep`, or a --resume while the first still runs)
+# would both write Ray's experiment state and the Optuna study. `mfcbench-driver.lock` in the
+# experiment folder is created atomically (O_EXCL) and holds {host, pid, started}. A lock left by a
+# driver that died on this host (same host, no such process) is stale and taken over; one from another
+# host cannot be checked from here, so the message says how to remove it.
+
+LOCK_FILE = "mfcbench-driver.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    # A killed driver whose parent has not reaped it yet (a zombie) still answers signal 0.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc here: signal 0 is all we know
+        return True
+    return state != "Z"
+
+
+def read_lock(experiment_dir: Path) -> dict | None:
+    """The lock's holder {host, pid, started}, or None when there is no lock."""
+    try:
+        text = (experiment_dir / LOCK_FILE).read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        holder = json.loads(text)
+        if isinstance(holder, dict) and isinstance(holder.get("host"), str) and isinstance(holder.get("pid"), int):
+            return holder
+    except json.JSONDecodeError:
+        pass
+    return {"host": "?", "pid": -1, "started": f"unreadable lock ({text[:80]!r})"}
+
+
+def is_stale(holder: dict) -> bool:
+    """Whether the holder is a driver on this host that no longer runs."""
+    return holder["host"] == socket.gethostname() and not _pid_alive(holder["pid"])
+
+
+def lock_problem(experiment_dir: Path) -> str | None:
+    """Why another driver holds this experiment (a lock that is not stale), or None; reads only."""
+    holder = read_lock(experiment_dir)
+    if holder is None or is_stale(holder):
+        return None
+    path = experiment_dir / LOCK_FILE
+    return (f"{experiment_dir} is being run by another driver: host {holder['host']}, pid {holder['pid']}, "
+            f"started {holder.get('started', '?')} (lock file {path}). Wait for it to finish, or, if that driver "
+            f"is gone (its machine was lost or restarted), remove the stale lock: rm {path}")
+
+
+@contextmanager
+def driver_lock(experiment_dir: Path, log=print):
+    """Hold the experiment's lock while the block runs, creating the experiment folder if needed; raises
+    SweepError when another live driver holds it. On leaving (normally, on an error or on Ctrl-C) the lock
+    is removed, and so are the folders this call created if nothing else was written into them."""
+    created = []
+    folder = experiment_dir
+    while not folder.exists():
+        created.append(folder)
+        folder = folder.parent
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    path = experiment_dir / LOCK_FILE
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    try:
+        _create(path, mine, experiment_dir, log)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    try:
+        yield
+    finally:
+        if read_lock(experiment_dir) == mine:  # never remove a lock another driver took over
+            path.unlink()
+        _remove_empty(created)
+
+
+def _create(path: Path, mine: dict, experiment_dir: Path, log) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        holder = read_lock(experiment_dir)
+        if holder is None:  # released between the two calls: try once more
+            return _create(path, mine, experiment_dir, log)
+        if not is_stale(holder):
+            raise SweepError(lock_problem(experiment_dir)) from None
+        log(f"taking over the stale lock of a driver that no longer runs (host {holder['host']}, pid "
+            f"{holder['pid']}, started {holder.get('started', '?')})")
+        path.unlink(missing_ok=True)
+        return _create(path, mine, experiment_dir, log)
+    with os.fdopen(fd, "w") as f:
+        json.dump(mine, f)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the given folders (deepest first) that are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return

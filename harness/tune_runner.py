@@ -3,33 +3,42 @@
 The trial itself is harness.tune_trial.trainable; checks that need no Ray are in harness.sweep_checks.
 
 Experiment folder (`storage/name/`):
-  mfcbench-sweep.yaml     the sweep file as run, with the expanded trial list
-  optuna.db               the Optuna study (search sweeps): `optuna-dashboard sqlite:///optuna.db`
+  mfcbench-sweep.yaml     the sweep file as run, with the resolved base and expanded trial list
+                          (every path absolute)
+  mfcbench-driver.lock    while a driver runs it: that driver's host, pid and start time
+  optuna.journal          the Optuna study (search sweeps; harness.search): `optuna-dashboard optuna.journal`
   mlflow.db               with --tracker mlflow: `mlflow ui --backend-store-uri sqlite:///.../mlflow.db`
-  trial_<id>/mfcbench-trial.json   the trial's variant and searched overrides
-  trial_<id>/runs/seed<s>/   each trial's run folder(s): config.yaml, metrics.jsonl, result.json
-  trial_<id>/...          Ray Tune's own files (params.json, result.json, checkpoints, error.txt)
+  mfcbench-grid-trials.json   grid sweeps: the expanded trial configs; Tune's params hold only an index
+  trial_<id>/mfcbench-trial.json   the trial's variant, overrides, config and every start (node, pid)
+  trial_<id>/runs/seed<s>/   the trial's run folder (one seed per trial): config.yaml, metrics.jsonl,
+                          checkpoint.pt, result.json, tensorboard/
+  trial_<id>/mfcbench-stopped-early.json   written when the scheduler (ASHA) stopped the trial early
+  trial_<id>/...          Ray Tune's own files: error.txt for a lost actor; with `ray_loggers: true`
+                          also params.json, result.json, progress.csv and events
 Run folders are written straight into storage, so on a multi-node cluster `storage` must be a
 filesystem every node mounts (Ray's own rule for multi-node storage).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .sweep import SweepConfig, resolved_base
-from .sweep_checks import SweepError, check_before_start
+from .preflight import preflight
+from .sweep import SweepConfig, data_paths, effective_max_concurrent, resolved_base
+from .sweep_checks import SweepError, check_before_start, driver_lock
 from .tune_trial import trainable
 
 SWEEP_FILE = "mfcbench-sweep.yaml"
+GRID_TRIALS_FILE = "mfcbench-grid-trials.json"
 
 
 def _fmt(value: Any) -> str:
@@ -45,14 +54,16 @@ def _clock(seconds: float) -> str:
 PROGRESS_EVERY_S = 60
 
 
-def _event_printer(total: int, verbose: int = 0):
+def _event_printer(total: int, verbose: int = 0, grid_trials: list[dict] = ()):
+    """grid_trials: the expanded grid, to name a trial whose Tune params hold only its index."""
     from ray.tune import Callback
 
     class EventPrinter(Callback):
         """One line per trial event, readable in a terminal or a log file, and progress lines
         "k of N trials done (e errored), m running, ETA hh:mm:ss" on each trial's end and at most
         every PROGRESS_EVERY_S seconds otherwise. Without -v a trial's evaluations print at most
-        once a minute; its final metrics print with its `done` line."""
+        once a minute; its final metrics print with its `done` line. A trial that ends with
+        mfcbench_status "failed" (tune_trial) prints as FAILED with its error and counts as errored."""
 
         def __init__(self):
             self.total, self.verbose = total, verbose
@@ -65,8 +76,14 @@ def _event_printer(total: int, verbose: int = 0):
         def setup(self, **info):
             self.started = self.last_progress = time.monotonic()
 
+        def _point(self, trial) -> dict:
+            """{variant, trial} of a grid trial (by index, or whole in its params), else {}."""
+            if "trial_index" in trial.config:
+                return grid_trials[trial.config["trial_index"]]
+            return trial.config.get("grid_point", {})
+
         def _tag(self, trial) -> str:
-            return f"{trial.trial_id} [{trial.config.get('grid_point', {}).get('variant', 'search')}]"
+            return f"{trial.trial_id} [{self._point(trial).get('variant', 'search')}]"
 
         def _metrics(self, result: dict) -> str:
             parts = []
@@ -85,7 +102,7 @@ def _event_printer(total: int, verbose: int = 0):
 
         def _progress(self, trials) -> None:
             self.last_progress = time.monotonic()
-            errored = {t.trial_id for t in trials if t.status == "ERROR"} | self.errored
+            errored = {t.trial_id for t in trials if t.status == "ERROR" or _failed(t)} | self.errored
             finished = ({t.trial_id for t in trials if t.status == "TERMINATED"} | self.completed) - errored
             running = sum(1 for t in trials if t.status == "RUNNING" and t.trial_id not in finished | errored)
             done = len(finished) + len(errored)
@@ -100,11 +117,13 @@ def _event_printer(total: int, verbose: int = 0):
             self._print(f"{done} of {self.total} trials done ({len(errored)} errored), {running} running, ETA {eta}")
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            trial_config = trial.config.get("grid_point", trial.config).get("trial", {})
+            trial_config = (self._point(trial) or trial.config).get("trial", {})
             seed = trial_config.get("training", {}).get("seed")
             self._print(f"start    {self._tag(trial)} seed={seed}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("mfcbench_status") == "failed":  # printed by on_trial_complete, with its error
+                return
             now = time.monotonic()
             if not self.verbose and now - self.last_result.get(trial.trial_id, float("-inf")) < PROGRESS_EVERY_S:
                 return
@@ -113,6 +132,11 @@ def _event_printer(total: int, verbose: int = 0):
                         f"host={result.get('host')}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            if _failed(trial):
+                self.errored.add(trial.trial_id)
+                self._print(f"FAILED   {self._tag(trial)}: {trial.last_result.get('error')}")
+                self._progress(trials)
+                return
             self.completed.add(trial.trial_id)
             final = self._metrics(trial.last_result or {})
             self._print(f"done     {self._tag(trial)} epoch={(trial.last_result or {}).get('epoch')} {final}")
@@ -128,6 +152,11 @@ def _event_printer(total: int, verbose: int = 0):
                 self._progress(trials)
 
     return EventPrinter()
+
+
+def _failed(trial) -> bool:
+    """The trial ended itself with a failure (tune_trial's "failed" report), not lost by Ray."""
+    return (trial.last_result or {}).get("mfcbench_status") == "failed"
 
 
 def _error_summary(trial) -> str:
@@ -272,33 +301,6 @@ def check_cluster_fits(cpu: float, gpu: float, allow_pending: bool = False) -> N
                      "cluster that will add such nodes (nothing was started)")
 
 
-def _optuna_search(sweep: SweepConfig, experiment_dir: Path):
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    search = sweep.search
-    space = {}
-    for key, p in search.space.items():
-        if p.type == "categorical":
-            space[key] = optuna.distributions.CategoricalDistribution(p.choices)
-        elif p.type == "int":
-            space[key] = optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log,
-                                                              step=int(p.step or 1))
-        else:
-            space[key] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
-    s = search.sampler
-    if s.type == "tpe":  # every default spelled out: Optuna 5 changed several
-        sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=s.multivariate,
-                                             n_startup_trials=s.n_startup_trials, constant_liar=s.constant_liar)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=s.seed)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{experiment_dir / 'optuna.db'}")
-    metrics = search.metrics if len(search.metrics) > 1 else search.metrics[0]
-    modes = search.modes if len(search.modes) > 1 else search.modes[0]
-    return OptunaSearch(space=space, metric=metrics, mode=modes, sampler=sampler, storage=storage,
-                        study_name=sweep.name)
-
-
 def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name: str | None = None,
               address: str | None = None, resume: bool = False, retry_errored: bool = False,
               source_text: str = "", ray_temp_dir: str | None = None, verbose: int = 0,
@@ -312,20 +314,36 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
     """
     _no_colour_unless_terminal()
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
+
+    from .search import ReplicatedOptunaSearch, asha_scheduler, stopped_early_marker
 
     experiment_dir = check_before_start(sweep, storage, name, resume, retry_errored, trust_experiment_dir, tracker)
     storage, name = experiment_dir.parent, experiment_dir.name
-    run_trainable = tune.with_resources(trainable, {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
-    total = len(trials) if sweep.search is None else sweep.search.num_samples
-    with _owner_only_writes(), _ray_output(verbose):
+    # A resume trains what the first run recorded, whatever the sweep file expands to now.
+    grid_trials = (_recorded_grid_trials(experiment_dir) if resume else trials) if sweep.search is None else []
+    objectives = ([sweep.scheduler.metric] if sweep.scheduler else []) + (sweep.search.metrics if sweep.search else [])
+    run_trainable = tune.with_resources(
+        tune.with_parameters(trainable, grid_trials=grid_trials, report=sweep.report,
+                             required_metrics=sorted(set(objectives))),
+        {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
+    total = len(trials) if sweep.search is None else sweep.search.num_samples * sweep.search.replicates
+    with _owner_only_writes(), _ray_output(verbose), _tune_settings(sweep.ray_loggers), ExitStack() as held:
         start_ray(address, temp_dir=ray_temp_dir, quiet=verbose == 0)
         check_cluster_fits(sweep.resources.cpu, sweep.resources.gpu, allow_pending)
-        callbacks = [_event_printer(total, verbose)]
+        # Released when run_sweep returns or raises (Ctrl-C included).
+        held.enter_context(driver_lock(experiment_dir))
+        # On --resume, the data the experiment was started with (its recorded grid trials, if any).
+        nodes, seconds = preflight(experiment_dir, data_paths(sweep, grid_trials or trials))
+        print(f"preflight: {nodes} node(s) can write {experiment_dir} and see the data ({seconds:.2f} s)",
+              flush=True)
+        callbacks = [_event_printer(total, verbose, grid_trials)]
+        if sweep.scheduler:
+            callbacks.append(stopped_early_marker())
         if resume:
+            # resume_errored keeps an errored trial's id, so it continues in its own run folder
+            # (restart_errored would start it from scratch under a new id and folder).
             tuner = tune.Tuner.restore(str(experiment_dir), trainable=run_trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=retry_errored)
+                                       resume_errored=retry_errored, restart_errored=False)
             if tracker == "mlflow":
                 callbacks.append(_mlflow_callback(experiment_dir, verbose))
             # tuner.pkl holds the first run's RunConfig, callbacks and verbosity included: this
@@ -339,36 +357,78 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
         experiment_dir.mkdir(parents=True, exist_ok=True)
         (experiment_dir / SWEEP_FILE).write_text(
             source_text + "\n# --- expanded by mfcbench ---\n"
-            + yaml.safe_dump({"trials": [{"variant": t["variant"], "overrides": t["overrides"]} for t in trials]}))
+            # The base as run: every default filled in and every path absolute, as are the overrides.
+            + yaml.safe_dump({"resolved_base": resolved_base(sweep.base),
+                              "trials": [{"variant": t["variant"], "overrides": t["overrides"]} for t in trials]}))
+        if sweep.search is None:
+            write_json_atomic(experiment_dir / GRID_TRIALS_FILE, grid_trials)
         if tracker == "mlflow":
             callbacks.append(_mlflow_callback(experiment_dir, verbose))
-        search_alg, scheduler, num_samples = None, None, 1
+        search_alg, num_samples = None, 1
         param_space: dict[str, Any] = {"cpus": sweep.resources.cpu, "experiment_dir": str(experiment_dir)}
         if sweep.search is None:
-            param_space["grid_point"] = tune.grid_search([{"variant": t["variant"], "trial": t["trial"]}
-                                                          for t in trials])
+            param_space["trial_index"] = tune.grid_search(list(range(len(grid_trials))))
         else:
-            param_space.update({"trial": resolved_base(sweep.base), "replicates": sweep.search.replicates})
-            search_alg = _optuna_search(sweep, experiment_dir)
-            if sweep.max_concurrent:
-                search_alg = ConcurrencyLimiter(search_alg, max_concurrent=sweep.max_concurrent)
-            num_samples = sweep.search.num_samples
-        if sweep.scheduler:
-            scheduler = ASHAScheduler(metric=sweep.scheduler.metric, mode=sweep.scheduler.mode, time_attr="epoch",
-                                      grace_period=sweep.scheduler.grace_period,
-                                      reduction_factor=sweep.scheduler.reduction_factor)
+            search_alg = ReplicatedOptunaSearch(sweep, experiment_dir)
+            num_samples = sweep.search.num_samples * sweep.search.replicates  # Tune trials: one per seed
+        scheduler = asha_scheduler(sweep, trials) if sweep.scheduler else None
         tuner = tune.Tuner(
             run_trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
-                                        max_concurrent_trials=sweep.max_concurrent or None, reuse_actors=True,
+                                        # the one concurrency limit (Tune wraps a Searcher in a ConcurrencyLimiter)
+                                        max_concurrent_trials=effective_max_concurrent(sweep) or None,
+                                        reuse_actors=True,
                                         trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
             run_config=tune.RunConfig(name=name, storage_path=str(storage),
+                                      # Spent on lost actors and nodes only: tune_trial ends a trial
+                                      # that fails on its own (non-finite loss) as "failed", normally.
                                       failure_config=tune.FailureConfig(max_failures=sweep.retries),
-                                      # Keep every (tiny) marker: see _marker_checkpoint.
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                                       callbacks=callbacks, verbose=verbose))
         return tuner.fit()
+
+
+def _recorded_grid_trials(experiment_dir: Path) -> list[dict]:
+    """The grid trials the experiment was started with; none for an experiment from before configs
+    went by index (its Tune params hold each trial's whole config)."""
+    path = experiment_dir / GRID_TRIALS_FILE
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _tune_settings(ray_loggers: bool):
+    """Tune's automatic JSON/CSV/TensorBoard loggers only when asked for: they write every result of
+    every trial a second time (run folders have metrics.jsonl and tensorboard/). Strict metric
+    checking off: a trial's "failed" report has no objective values (tune_trial drops non-finite ones),
+    and Tune would otherwise stop the whole run on it; ASHA ignores a result without its metric.
+    A user's own setting of either variable wins. Without the loggers, the ResultGrid that Tune builds
+    at the end warns once per trial that it found no result.json/progress.csv (its metrics come
+    from the driver's memory all the same): that warning is dropped."""
+    import logging
+
+    settings = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
+    if not ray_loggers:
+        settings["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    added = [key for key in settings if key not in os.environ]
+    os.environ.update({key: settings[key] for key in added})
+    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+
+    def no_missing_logger_files(record: logging.LogRecord) -> bool:
+        return ray_loggers or not str(record.msg).startswith("Failed to fetch metrics for")
+
+    analysis_log.addFilter(no_missing_logger_files)
+    try:
+        yield
+    finally:
+        analysis_log.removeFilter(no_missing_logger_files)
+        for key in added:
+            os.environ.pop(key, None)
 
 
 @contextmanager

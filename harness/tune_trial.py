@@ -1,131 +1,130 @@
-"""Inside a Ray worker: one Tune trial is the single-trial trainer, run into the experiment folder.
+"""Inside a Ray worker: one Tune trial trains one seed with the single-trial trainer, into the experiment folder.
 
-A grid point {variant, trial config}, or a base trial config plus searched keys; with
-`replicates` > 1 the suggestion's seeds train one after another and Tune sees their mean.
+What a trial trains comes in one of two shapes of Tune params:
+  {"trial_index": i, ...}     grid trials: entry i of the expanded trial list, which the driver hands
+                              over once through tune.with_parameters (so Tune's params, results,
+                              experiment_tag and folder names stay small)
+  {"grid_point": {"variant", "trial"}, "overrides": {...}, ...}
+                              a point built elsewhere (harness.search's suggestions, and grid trials of
+                              experiments started before configs went by index): "trial" is the full
+                              config, seed included; "overrides" only records what was searched
+plus "cpus" and "experiment_dir".
+
+The result contract the driver, the EventPrinter and the searcher rely on: every report carries
+`mfcbench_status`, "running" while training, and on the trial's final report "completed" or
+"failed" (with `error`: the message). A deterministic failure (TrialFailed: non-finite loss, bad
+data, a run folder that cannot resume) ends the Tune trial normally with that "failed" report, so
+Tune's retries (FailureConfig.max_failures) are spent only on lost actors and nodes. No report ever
+holds a None or non-finite value: such keys are dropped, and a trial whose scheduler or search
+metric is non-finite fails.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
-import statistics
-import tempfile
-from contextlib import contextmanager
+import time
 from pathlib import Path
+from typing import Sequence
 
 from .config import TrialConfig
-from .sweep import with_overrides
+from .trial_device import trial_device
 
-RESERVED = ("grid_point", "trial", "cpus", "replicates", "experiment_dir")
-MARKER = "mfcbench-checkpoint.json"
+TRIAL_META = "mfcbench-trial.json"
 
 
-def trainable(params: dict) -> None:
-    """One Tune trial: a grid point {variant, trial config}, or a base trial config plus searched keys.
+def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "every_evaluation",
+              required_metrics: Sequence[str] = ()) -> None:
+    """One Tune trial: one seed of one trial config, trained (or resumed) in its run folder.
 
-    With `replicates` > 1 the suggestion is trained with seeds seed, seed+1, ... one after
-    another, and the final report is their mean (what Optuna optimises).
+    grid_trials: the expanded grid ({variant, overrides, trial} each), indexed by params["trial_index"].
+    report: "every_evaluation" (what ASHA and live progress need) or "final" (one result per trial).
+    required_metrics: the scheduler's and searcher's metrics; a trial where one is non-finite fails.
     """
     import ray
+    import torch
     from ray import tune
 
-    from .trainer import run_trial
+    from . import trainer
 
-    point = params.get("grid_point") or {"variant": "search", "trial": params["trial"]}
-    overrides = {k: v for k, v in params.items() if k not in RESERVED}
-    config_dict = with_overrides(point["trial"], overrides)
+    variant, overrides, config_dict = _what_to_train(params, grid_trials)
+    # Ray, not torch, knows whether this trial has a GPU: torch sees every GPU of the node
+    config_dict["training"]["device"] = trial_device(config_dict["training"]["device"], ray.get_gpu_ids(),
+                                                     torch.cuda.is_available())
     if config_dict["training"].get("threads") is None:
         config_dict["training"]["threads"] = max(1, int(params.get("cpus", 1)))
     config = TrialConfig.model_validate(config_dict)
-    replicates = int(params.get("replicates", 1))
+    seed = config.training.seed
     # Not tune.get_context().get_trial_dir(): that is Ray's local staging folder, which a reused
     # actor does not sync to storage. Run folders go straight into the experiment folder (for a
     # multi-node cluster, storage must be a shared filesystem, as Ray requires anyway).
-    runs_root = Path(params["experiment_dir"]) / f"trial_{tune.get_context().get_trial_id()}" / "runs"
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as saved:
-            marker = json.loads((Path(saved) / MARKER).read_text())
-        print(f"restored by Tune after seed {marker['seed']} epoch {marker['epoch']}; continuing from the run "
-              f"folders in {runs_root}", flush=True)
-    runs_root.mkdir(parents=True, exist_ok=True)
-    (runs_root.parent / "mfcbench-trial.json").write_text(json.dumps({"variant": point["variant"], "overrides": overrides}))
-    identity = {"variant": point["variant"], "node_id": ray.get_runtime_context().get_node_id(),
-                "host": socket.gethostname(), "pid": os.getpid(),
-                "overrides": json.dumps(overrides, sort_keys=True, default=str)}
+    trial_dir = Path(params["experiment_dir"]) / f"trial_{tune.get_context().get_trial_id()}"
+    run_dir = trial_dir / "runs" / f"seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    identity = {"variant": variant, "seed": seed, "node_id": ray.get_runtime_context().get_node_id(),
+                "host": socket.gethostname(), "pid": os.getpid()}
+    _record_start(trial_dir, variant, overrides, params.get("trial_index"), config.model_dump(mode="json"), identity)
 
-    finals = []
-    for r in range(replicates):
-        seed = config.training.seed + r
-        trial_config = config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})})
-        run_dir = runs_root / f"seed{seed}"
-        final = _completed_final(run_dir)
-        if final is not None:  # finished before the driver died: not run again
-            finals.append(final)
-            if replicates == 1:
-                tune.report({**_numeric(final), **identity, "seed": seed, "replicate": 0})
-            else:
-                _report_mean(finals, identity, config.training.seed)
-            continue
-
-        def report(metrics: dict, _run_dir: Path, seed=seed) -> None:
-            with _marker_checkpoint(seed, metrics["epoch"]) as checkpoint:
-                tune.report({**_numeric(metrics), **identity, "seed": seed, "replicate": 0}, checkpoint=checkpoint)
-
-        # With replicates, Tune sees one result per finished replicate (the running mean) instead.
-        result = run_trial(trial_config, run_dir, resume=(run_dir / "checkpoint.pt").exists(),
-                           reporter=report if replicates == 1 else None,
-                           log=lambda line, seed=seed: print(f"[seed {seed}] {line}", flush=True))
-        finals.append(result["final"])
-        if replicates > 1:  # checkpoint after each finished replicate; report the running mean
-            _report_mean(finals, identity, config.training.seed)
-
-
-def _completed_final(run_dir: Path) -> dict | None:
-    """The final metrics of a run that finished, else None."""
     done = run_dir / "result.json"
     if done.exists():
-        result = json.loads(done.read_text())
-        if result.get("status") == "completed":
-            return result["final"]
-    return None
+        previous = json.loads(done.read_text())
+        if previous.get("status") == "completed":  # finished before the driver or actor died: not run again
+            tune.report({**finite_metrics(previous["final"]), **identity, "mfcbench_status": "completed"})
+            return
+
+    last_epoch = config.training.total_epochs
+    held: dict = {}  # the last evaluation, reported once the run is known to have completed
+
+    def reporter(metrics: dict, _run_dir: Path) -> None:
+        numeric = finite_metrics(metrics)
+        missing = [m for m in required_metrics if m not in numeric]
+        if missing:  # raised inside the trainer, which records the failure in result.json
+            raise trainer.TrialFailed(f"{', '.join(missing)} not finite at epoch {metrics.get('epoch')}")
+        if report == "every_evaluation" and 0 < metrics["epoch"] < last_epoch:
+            tune.report({**numeric, **identity, "mfcbench_status": "running"})
+        else:
+            held.clear()
+            held.update(numeric)
+
+    try:
+        result = trainer.run_trial(config, run_dir, resume=(run_dir / "checkpoint.pt").exists(), reporter=reporter,
+                                   log=lambda line: print(f"[seed {seed}] {line}", flush=True))
+    except trainer.TrialFailed as error:
+        tune.report({**held, **identity, "mfcbench_status": "failed", "error": str(error)})
+        return
+    tune.report({**(held or finite_metrics(result["final"])), **identity, "mfcbench_status": "completed"})
 
 
-@contextmanager
-def _marker_checkpoint(seed: int, epoch: int):
-    """A Tune checkpoint that records where the trial is (seed, epoch), not the weights.
-
-    The state itself is the run folder in storage (checkpoint.pt, written atomically, and
-    metrics.jsonl, cut back to it on resume), so restoring never depends on which checkpoint
-    folders Ray has kept: Ray snapshots its experiment state lazily, and after a killed driver
-    that state can name checkpoints Ray had already deleted. Markers are tiny, so all are kept.
-    """
-    from ray import tune
-
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / MARKER).write_text(json.dumps({"seed": seed, "epoch": epoch}))
-        yield tune.Checkpoint.from_directory(tmp)
+def _what_to_train(params: dict, grid_trials: Sequence[dict]) -> tuple[str, dict, dict]:
+    """(variant, overrides, full trial config dict: a copy, the caller fills in threads)."""
+    if "trial_index" in params:
+        point, overrides = grid_trials[params["trial_index"]], grid_trials[params["trial_index"]]["overrides"]
+    else:
+        point, overrides = params["grid_point"], params.get("overrides", {})
+    return point["variant"], overrides, json.loads(json.dumps(point["trial"]))
 
 
-def _report_mean(finals: list[dict], identity: dict, seed: int) -> None:
-    from ray import tune
+def _record_start(trial_dir: Path, variant: str, overrides: dict, trial_index: int | None, config: dict,
+                  identity: dict) -> None:
+    """mfcbench-trial.json: what the trial trains (reports read it, with or without Tune's own
+    loggers), and every start of it: a retried trial shows each node it ran on."""
+    from .trainer import write_json_atomic
 
-    with _marker_checkpoint(seed, -1) as checkpoint:
-        tune.report({**_mean_metrics(finals), **identity, "seed": seed, "replicate": "mean",
-                     "replicates_done": len(finals)}, checkpoint=checkpoint)
+    path = trial_dir / TRIAL_META
+    starts = json.loads(path.read_text()).get("starts", []) if path.exists() else []
+    starts.append({k: identity[k] for k in ("node_id", "host", "pid")} | {"at": time.time()})
+    write_json_atomic(path, {"variant": variant, "overrides": overrides, "trial_index": trial_index,
+                             "config": config, "starts": starts})
 
 
-def _numeric(metrics: dict) -> dict:
+def finite_metrics(metrics: dict) -> dict:
+    """The numeric metrics Tune may see: alphas as alpha/facet<j>, None and non-finite values dropped
+    (None in a result raises inside Tune's controller when Optuna or ASHA reads it)."""
     out = {}
     for key, value in metrics.items():
         if key == "alphas":
-            out.update({f"alpha/facet{j}": a for j, a in enumerate(value, start=1)})
-        elif isinstance(value, (int, float)) or value is None:
+            out.update({f"alpha/facet{j}": a for j, a in enumerate(value, start=1) if math.isfinite(a)})
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             out[key] = value
     return out
-
-
-def _mean_metrics(finals: list[dict]) -> dict:
-    rows = [_numeric(f) for f in finals]
-    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float))]
-    return {k: statistics.fmean(row[k] for row in rows if row.get(k) is not None) for k in keys}

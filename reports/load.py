@@ -53,6 +53,18 @@ def _variant_of(run_dir: Path, config: dict) -> str:
     return f"{m['name']} {m['architecture']} z={m['latent_dims']} K={m['n_clusters']}"
 
 
+# Written by the sweep driver (harness.search) into trial_<id>/ when the scheduler stopped that trial.
+STOPPED_EARLY_FILE = "mfcbench-stopped-early.json"
+
+
+def _unfinished_status(run_dir: Path) -> str:
+    """A run without result.json: "stopped early" by a sweep's scheduler (Ray ends such a trial inside
+    its report, so it never writes one), else "incomplete" (killed, or still running)."""
+    if any((parent / STOPPED_EARLY_FILE).exists() for parent in list(run_dir.parents)[:2]):
+        return "stopped early"
+    return "incomplete"
+
+
 def _experiment_of(run_dir: Path, roots: list[Path]) -> str:
     for root in roots:
         if run_dir == root or root in run_dir.parents:
@@ -89,8 +101,7 @@ def load_runs(paths: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             "dataset": config["dataset"]["name"], "model": config["model"]["name"],
             "architecture": config["model"]["architecture"], "seed": config["training"]["seed"],
         }
-        # No result.json: killed, or stopped early by a scheduler (Ray abandons the trial's thread)
-        status = result.get("status", "incomplete")
+        status = result.get("status") or _unfinished_status(run_dir)
         final = result.get("final") or (history[-1] if history else {})
         runs.append({**identity, "status": status, "error": result.get("error"), "run_dir": str(run_dir),
                      "wall_time_s": result.get("wall_time_s"), "samples_per_s": result.get("samples_per_s"),
@@ -113,9 +124,15 @@ def _errored_without_runs(roots: list[Path], known: set[str]) -> list[dict]:
             trial = error.parent
             if any(Path(k).is_relative_to(trial) for k in known):
                 continue
+            meta = trial / "mfcbench-trial.json"  # written by the trial before it trains
             params = json.loads((trial / "params.json").read_text()) if (trial / "params.json").exists() else {}
-            config = (params.get("grid_point") or params).get("trial", {})
-            rows.append({"experiment": root.name, "variant": (params.get("grid_point") or {}).get("variant", "search"),
+            recorded = json.loads(meta.read_text()) if meta.exists() else {}
+            if "config" in recorded:
+                config, variant = recorded["config"], recorded["variant"]
+            else:  # a trial that never started, with Ray's loggers on, or from before trials recorded their config
+                config = (params.get("grid_point") or params).get("trial", {})
+                variant = (params.get("grid_point") or {}).get("variant", "search")
+            rows.append({"experiment": root.name, "variant": variant,
                          "dataset": config.get("dataset", {}).get("name"), "model": config.get("model", {}).get("name"),
                          "architecture": config.get("model", {}).get("architecture"),
                          "seed": config.get("training", {}).get("seed"), "status": "failed",

@@ -16,17 +16,21 @@ from . import writers  # noqa: E402
 from .figures import save_atomic, slug  # noqa: E402
 from .load import best_facet_columns, with_best_facet  # noqa: E402
 
+JOURNAL_FILE = "optuna.journal"  # the study of a search sweep, written by harness.search
+
 
 def optuna_sections(paths: list[Path], runs: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
     import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sections = []
     for root in paths:
-        db = Path(root) / "optuna.db"
-        if not db.exists():
+        journal = Path(root) / JOURNAL_FILE
+        if not journal.exists():
             continue
-        storage = f"sqlite:///{db}"
+        storage = JournalStorage(JournalFileBackend(str(journal)))
         for summary in optuna.get_all_study_summaries(storage):
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
             sections.append((f"Optuna search: {summary.study_name}", _study_html(study, root, runs, out)))
@@ -38,9 +42,11 @@ def _study_html(study, root: Path, runs: pd.DataFrame, out: Path) -> str:
 
     frame = study.trials_dataframe(attrs=("number", "state", "values", "params"))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    parts = [f"<p>{len(complete)} complete of {len(study.trials)} trials; directions "
+    states = pd.Series([t.state.name for t in study.trials]).value_counts()
+    parts = [f"<p>{len(complete)} complete of {len(study.trials)} suggestions ({states.get('PRUNED', 0)} pruned, "
+             f"{states.get('FAIL', 0)} failed); directions "
              f"{', '.join(d.name.lower() for d in study.directions)}. Open it with "
-             f"<code>optuna-dashboard sqlite:///{html.escape(str(root / 'optuna.db'))}</code>.</p>"]
+             f"<code>optuna-dashboard {html.escape(str(root / JOURNAL_FILE))}</code>.</p>"]
     best = study.best_trials if len(study.directions) > 1 else ([study.best_trial] if complete else [])
     parts.append("<h3>Best trials</h3>" + writers.to_html_table(pd.DataFrame(
         [{"number": t.number, "values": [round(v, 4) for v in t.values], **t.params} for t in best])))

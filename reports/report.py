@@ -103,7 +103,8 @@ def build_report(paths: list[str | Path], out: str | Path, options: ReportOption
                           "config.yaml and result.json or metrics.jsonl)")
     counts = runs["status"].value_counts()
     log(f"read {len(runs)} runs ({counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed, "
-        f"{counts.get('incomplete', 0)} incomplete) and {len(evaluations)} evaluations")
+        f"{counts.get('stopped early', 0)} stopped early, {counts.get('incomplete', 0)} incomplete) and "
+        f"{len(evaluations)} evaluations")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -170,9 +171,11 @@ def _write_everything(roots: list[Path], runs: pd.DataFrame, evaluations: pd.Dat
     sections.append(("Figures", "".join(
         f"<p><img src='{html.escape(p.name)}' alt='{html.escape(p.stem)}'></p>" for p in sorted(images))
         or "<p><em>no evaluations yet</em></p>"))
-    n_failed = int((failed["status"] == "failed").sum()) if not failed.empty else 0
-    sections.append(("Failed and incomplete runs", f"<p>{n_failed} failed run(s) and {len(failed) - n_failed} "
-                     "incomplete run(s), not counted in the statistics.</p>" + writers.to_html_table(failed)))
+    n_by_status = failed["status"].value_counts() if not failed.empty else {}
+    sections.append(("Failed, stopped and incomplete runs",
+                     f"<p>{n_by_status.get('failed', 0)} failed run(s), {n_by_status.get('stopped early', 0)} "
+                     f"stopped early by the scheduler and {n_by_status.get('incomplete', 0)} incomplete run(s), "
+                     "not counted in the statistics.</p>" + writers.to_html_table(failed)))
     return sections
 
 

@@ -81,11 +81,12 @@ def pairwise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def failures(runs: pd.DataFrame) -> pd.DataFrame:
-    """Failed runs with their messages, and incomplete ones (killed, or stopped early by a scheduler)."""
+    """Failed runs with their messages, runs a sweep's scheduler stopped early, and incomplete ones."""
     cols = ["experiment", "dataset", "variant", "seed", "status", "error", "last_epoch", "run_dir"]
-    bad = runs[runs["status"].isin(["failed", "incomplete"])].copy()
+    bad = runs[runs["status"].isin(["failed", "stopped early", "incomplete"])].copy()
     if bad.empty:
         return pd.DataFrame(columns=cols)
     bad["last_epoch"] = bad["epoch"] if "epoch" in bad else None
-    bad.loc[bad["status"] == "incomplete", "error"] = "no result: killed, or stopped early by the scheduler"
+    bad.loc[bad["status"] == "stopped early", "error"] = "stopped early by the sweep's scheduler (ASHA)"
+    bad.loc[bad["status"] == "incomplete", "error"] = "no result: killed, or still running"
     return bad[cols].reset_index(drop=True)

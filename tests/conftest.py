@@ -10,3 +10,30 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def ray_home(tmp_path_factory):
+    """One HOME for every in-process local Ray of the session: Ray 2.60 turns on token
+    authentication and keeps the token in ~/.ray/auth_token, and a second ray.init in the same
+    process looks for it there (a fresh HOME then fails the GCS start)."""
+    return tmp_path_factory.mktemp("ray-home")
+
+
+@pytest.fixture(scope="module")
+def local_ray(ray_home):
+    """One local Ray per test module for in-process sweeps, ended with its processes afterwards."""
+    import ray
+
+    from harness.tune_runner import start_ray
+    from ray_helpers import kill_all, processes_of, short_temp_dir
+
+    old_home = os.environ.get("HOME")
+    os.environ["HOME"] = str(ray_home)
+    temp = short_temp_dir()
+    start_ray(None, num_cpus=2, object_store_mb=128, temp_dir=temp)
+    yield
+    ray.shutdown()
+    kill_all(processes_of(temp))
+    if old_home is not None:
+        os.environ["HOME"] = old_home

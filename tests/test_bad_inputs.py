@@ -221,6 +221,22 @@ SWEEP_CASES: list[Case] = [
     Case("sweep-file-is-a-folder", ["sweep", "results"], "results: is a folder, not a sweep file"),
     Case("sweep-unknown-tracker", ["sweep", "s.yaml", "--tracker", "wandb"], "invalid choice: 'wandb'",
          sweep_file("s.yaml", grid={"training.seed": [0]})),
+    Case("sweep-base-cuda-index", ["sweep", "s.yaml", "--dry-run"],
+         ["training.device: 'cuda:0' in variant 'base' is not allowed in a sweep", "Ray assigns each trial its GPU",
+          "use cuda or auto"],
+         sweep_file("s.yaml", base={**TINY_BASE, "training": {**TINY_BASE["training"], "device": "cuda:0"}},
+                    grid={"training.seed": [0]})),
+    Case("sweep-grid-cuda-index", ["sweep", "s.yaml"],
+         ["training.device: 'cuda:1' in variant 'base training.device=cuda:1' is not allowed in a sweep",
+          "use cuda or auto"],
+         sweep_file("s.yaml", grid={"training.device": ["cuda", "cuda:1"]})),
+    Case("sweep-search-choice-cuda-index", ["sweep", "s.yaml"],
+         ["training.device: 'cuda:2' in the searched trials is not allowed in a sweep", "use cuda or auto"],
+         sweep_file("s.yaml", search={"space": {"training.device": {"type": "categorical",
+                                                                    "choices": ["auto", "cuda:2"]}}})),
+    Case("sweep-cuda-without-gpu-resources", ["sweep", "s.yaml", "--dry-run"],
+         "training.device: 'cuda' in variant 'base' needs resources.gpu > 0",
+         sweep_file("s.yaml", base={**TINY_BASE, "training": {**TINY_BASE["training"], "device": "cuda"}})),
 ]
 
 # -- mfcbench datasets and npz data --------------------------------------------------------------

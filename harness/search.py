@@ -1,0 +1,218 @@
+"""Optuna search and ASHA scheduling for a sweep, on the driver.
+
+ReplicatedOptunaSearch is a Ray Tune Searcher over an Optuna study (ask/tell) kept in a journal file,
+`optuna.journal` in the experiment folder (Optuna's storage for shared filesystems, where SQLite's
+locking is unreliable). One suggestion (`study.ask()`) with `search.replicates` R becomes R Tune
+trials that run in parallel, seeds base seed + 0..R-1. When all R have ended the study is told:
+  COMPLETE  the mean objective over the seeds that finished, when at least half of them finished;
+  FAIL      fewer than half finished (a seed fails when its trial errors, or its last result says
+            `mfcbench_status: failed` or lacks a finite objective);
+  PRUNED    a seed was stopped early by the scheduler (with its last objective value as the
+            trial's intermediate value, single objective only: Optuna's rule).
+The seeds that failed or were stopped are recorded as user attributes of the Optuna trial.
+No pruner reads intermediate values during training, so none are sent while trials run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from ray.tune.search import Searcher
+
+from .sweep import SweepConfig, max_total_epochs, resolved_base, with_overrides
+
+JOURNAL_FILE = "optuna.journal"
+STOPPED_EARLY_FILE = "mfcbench-stopped-early.json"  # in trial_<id>/; reports.load reads it (without Ray)
+
+
+def open_study(sweep: SweepConfig, experiment_dir: Path):
+    """The sweep's Optuna study in experiment_dir/optuna.journal, created on first use."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    s = sweep.search.sampler
+    if s.type == "tpe":  # every default spelled out: Optuna 5 changed several
+        sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=s.multivariate,
+                                             n_startup_trials=s.n_startup_trials, constant_liar=s.constant_liar)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=s.seed)
+    storage = JournalStorage(JournalFileBackend(str(experiment_dir / JOURNAL_FILE)))
+    return optuna.create_study(study_name=sweep.name, storage=storage, sampler=sampler,
+                               pruner=optuna.pruners.NopPruner(), load_if_exists=True,
+                               directions=["maximize" if m == "max" else "minimize" for m in sweep.search.modes])
+
+
+def _distributions(sweep: SweepConfig) -> dict:
+    import optuna
+
+    space = {}
+    for key, p in sweep.search.space.items():
+        if p.type == "categorical":
+            space[key] = optuna.distributions.CategoricalDistribution(p.choices)
+        elif p.type == "int":
+            space[key] = optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log,
+                                                              step=int(p.step or 1))
+        else:
+            space[key] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+    return space
+
+
+def asha_scheduler(sweep: SweepConfig, trials: list[dict]):
+    """ASHA on the sweep's scheduler settings, with max_t the longest trial's epochs (Ray's default
+    max_t, 100, would stop every longer trial at epoch 100)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    s = sweep.scheduler
+    return ASHAScheduler(metric=s.metric, mode=s.mode, time_attr="epoch", max_t=max_total_epochs(sweep, trials),
+                         grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+
+
+def trial_failed(result: dict | None) -> bool:
+    """Whether an ended Tune trial's last result says its run failed, or it never reported."""
+    return not result or result.get("mfcbench_status") == "failed"
+
+
+def stopped_early(result: dict | None) -> bool:
+    """Whether an ended Tune trial was stopped by the scheduler: the trainable's last word on a run
+    is "completed" or "failed", so a trial that ended while its last report said "running" did not
+    end by itself."""
+    return bool(result) and result.get("mfcbench_status") == "running"
+
+
+def stopped_early_marker():
+    """A Tune callback writing trial_<id>/mfcbench-stopped-early.json for each trial the scheduler
+    stopped before its last epoch: Ray ends such a trial inside its report, so its run folder never
+    gets a result.json, and reports would otherwise call it incomplete."""
+    from ray.tune import Callback
+
+    class StoppedEarlyMarker(Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if stopped_early(trial.last_result):
+                trial_dir = Path(trial.config["experiment_dir"]) / f"trial_{trial.trial_id}"
+                trial_dir.mkdir(parents=True, exist_ok=True)
+                (trial_dir / STOPPED_EARLY_FILE).write_text(json.dumps({"epoch": trial.last_result.get("epoch")}))
+
+    return StoppedEarlyMarker()
+
+
+class ReplicatedOptunaSearch(Searcher):
+    """Suggestions from an Optuna study, each trained as `search.replicates` parallel Tune trials.
+
+    suggest() returns a trial's params: {"grid_point": {"variant": "search", "trial": <trial config
+    with the searched values and training.seed = base seed + r>}, "overrides": {<searched key>:
+    value}}; `cpus` and `experiment_dir` come from the Tuner's param_space. Concurrency is left to
+    Tune (TuneConfig.max_concurrent_trials). The bookkeeping below is plain JSON (save/restore);
+    the study itself lives in the journal, so a restarted driver reopens it.
+    """
+
+    def __init__(self, sweep: SweepConfig, experiment_dir: Path):
+        metrics, modes = sweep.search.metrics, sweep.search.modes
+        super().__init__(metric=metrics if len(metrics) > 1 else metrics[0],
+                         mode=modes if len(modes) > 1 else modes[0])
+        self.sweep, self.experiment_dir = sweep, Path(experiment_dir)
+        self.base = resolved_base(sweep.base)
+        self._study = None
+        # Suggestions whose seeds are not all handed out yet: [optuna number, params, next replicate].
+        self.unassigned: list[list] = []
+        self.asked = 0
+        self.seed_of: dict[str, list[int]] = {}  # Tune trial id -> [optuna number, replicate]
+        # optuna number -> {"params", "values": [per finished seed], "failed": [seeds], "stopped": [[seed, epoch,
+        # values]], "ended": count}
+        self.suggestions: dict[int, dict] = {}
+
+    def __getstate__(self) -> dict:
+        # Tune pickles the searcher into tuner.pkl; an open journal storage holds a lock.
+        return {**self.__dict__, "_study": None}
+
+    @property
+    def study(self):
+        if self._study is None:
+            self._study = open_study(self.sweep, self.experiment_dir)
+        return self._study
+
+    @property
+    def replicates(self) -> int:
+        return self.sweep.search.replicates
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if not self.unassigned:
+            if self.asked >= self.sweep.search.num_samples:
+                return Searcher.FINISHED
+            trial = self.study.ask(_distributions(self.sweep))
+            self.asked += 1
+            self.suggestions[trial.number] = {"params": trial.params, "values": [], "failed": [], "stopped": [],
+                                              "ended": 0}
+            self.unassigned.append([trial.number, trial.params, 0])
+        slot = self.unassigned[0]
+        number, params, replicate = slot
+        slot[2] += 1
+        if slot[2] == self.replicates:
+            self.unassigned.pop(0)
+        self.seed_of[trial_id] = [number, replicate]
+        config = with_overrides(self.base, params)
+        config["training"]["seed"] = self.base["training"]["seed"] + replicate
+        return {"grid_point": {"variant": "search", "trial": config}, "overrides": dict(params)}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self.seed_of:  # not one of ours (Tune also calls this for trials it never started)
+            return
+        number, replicate = self.seed_of.pop(trial_id)
+        outcome = self.suggestions[number]
+        seed = self.base["training"]["seed"] + replicate
+        values = None if error or trial_failed(result) else self._objective(result)
+        if values is None:
+            outcome["failed"].append(seed)
+        elif stopped_early(result):
+            outcome["stopped"].append([seed, result.get("epoch"), values])
+        else:
+            outcome["values"].append(values)
+        outcome["ended"] += 1
+        if outcome["ended"] == self.replicates:
+            self._tell(number, outcome)
+
+    def _objective(self, result: dict) -> list[float] | None:
+        """The objective value(s) in a result, or None when one is missing or not finite."""
+        values = [result.get(metric) for metric in self.sweep.search.metrics]
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            return [float(v) for v in values]
+        return None
+
+    def _tell(self, number: int, outcome: dict) -> None:
+        from optuna.trial import Trial, TrialState
+
+        frozen = self.study.get_trials(deepcopy=False)[number]
+        if frozen.state.is_finished():  # told before a driver restart whose saved state predates it
+            return
+        trial = Trial(self.study, frozen._trial_id)
+        trial.set_user_attr("failed_seeds", outcome["failed"])
+        trial.set_user_attr("stopped_seeds", [seed for seed, _, _ in outcome["stopped"]])
+        finished = len(outcome["values"]) + len(outcome["stopped"])
+        if 2 * finished < self.replicates:
+            self.study.tell(number, state=TrialState.FAIL)
+        elif outcome["stopped"]:
+            _, epoch, values = outcome["stopped"][-1]
+            if len(values) == 1 and epoch is not None:  # Optuna keeps intermediate values for one objective only
+                trial.report(values[0], step=epoch)
+            self.study.tell(number, state=TrialState.PRUNED)
+        else:
+            means = [statistics.fmean(column) for column in zip(*outcome["values"])]
+            self.study.tell(number, means if len(means) > 1 else means[0])
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps(
+            {"unassigned": self.unassigned, "asked": self.asked, "seed_of": self.seed_of,
+             "suggestions": {str(k): v for k, v in self.suggestions.items()}}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        from optuna.trial import TrialState
+
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.unassigned, self.asked, self.seed_of = state["unassigned"], state["asked"], state["seed_of"]
+        self.suggestions = {int(k): v for k, v in state["suggestions"].items()}
+        # A suggestion asked after the last save has no Tune trials and never will: close it.
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number not in self.suggestions:
+                self.study.tell(frozen.number, state=TrialState.FAIL)

@@ -1,0 +1,237 @@
+"""The sweep searcher and scheduler (harness.search): parallel replicates told to Optuna as their mean,
+FAIL / PRUNED semantics, restart, ASHA's max_t, the dry-run concurrency line, and an ASHA search on
+local Ray whose stopped trials are PRUNED in the study and "stopped early" in reports."""
+import json
+import pickle
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from harness.config import ConfigError
+from harness.sweep import load_sweep
+
+
+TINY_BASE = {
+    "dataset": {"name": "digits"},
+    "model": {"latent_dims": [3], "n_clusters": [10], "hidden_sizes": [32]},
+    "training": {"epochs_per_step": [2], "batch_size": 256, "threads": 1},
+}
+LR_SPACE = {"training.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+
+
+def write_sweep(path: Path, **fields) -> Path:
+    path.write_text(yaml.safe_dump({"name": "t", "base": TINY_BASE, **fields}))
+    return path
+
+
+def searcher_for(tmp_path, **search):
+    from harness.search import ReplicatedOptunaSearch
+
+    sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", search={"space": LR_SPACE, **search}))
+    return ReplicatedOptunaSearch(sweep, tmp_path)
+
+
+def journal_study(tmp_path):
+    """The study as written to disk, read back by a fresh storage (not the searcher's cache)."""
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal")))
+    return optuna.load_study(study_name="t", storage=storage)
+
+
+def completed(elbo: float, epoch: int = 2) -> dict:
+    return {"elbo": elbo, "epoch": epoch, "mfcbench_status": "completed"}
+
+
+# -- the searcher, without Ray running ------------------------------------------------------------
+
+def test_replicates_become_parallel_trials_and_the_study_gets_their_mean(tmp_path):
+    searcher = searcher_for(tmp_path, replicates=3, num_samples=2)
+    suggestions = {f"t{i}": searcher.suggest(f"t{i}") for i in range(6)}
+    assert searcher.suggest("t6") == "FINISHED"  # 2 suggestions x 3 seeds handed out
+    for i, params in enumerate(suggestions.values()):
+        assert params["grid_point"]["variant"] == "search"
+        trial = params["grid_point"]["trial"]
+        assert trial["training"]["seed"] == i % 3  # base seed 0 + replicate
+        assert trial["training"]["lr"] == params["overrides"]["training.lr"]
+        assert trial["model"]["latent_dims"] == [3] and trial["training"]["epochs_per_step"] == [2]
+    assert suggestions["t0"]["overrides"] == suggestions["t2"]["overrides"] != suggestions["t3"]["overrides"]
+
+    for trial_id, elbo in [("t0", -100.0), ("t1", -110.0)]:
+        searcher.on_trial_complete(trial_id, completed(elbo))
+    assert journal_study(tmp_path).trials[0].state == TrialState.RUNNING  # not before every seed has ended
+    searcher.on_trial_complete("t2", completed(-120.0))
+    for trial_id in ("t3", "t4", "t5"):
+        searcher.on_trial_complete(trial_id, completed(-90.0))
+    first, second = journal_study(tmp_path).trials
+    assert first.state == second.state == TrialState.COMPLETE
+    assert first.value == pytest.approx(-110.0) and second.value == pytest.approx(-90.0)
+    assert first.params == {"training.lr": suggestions["t0"]["overrides"]["training.lr"]}
+    assert first.intermediate_values == {}  # no pruner reads them, so none are sent
+
+
+def test_a_suggestion_fails_only_when_fewer_than_half_of_its_seeds_finish(tmp_path):
+    searcher = searcher_for(tmp_path, replicates=2, num_samples=2)
+    for i in range(4):
+        searcher.suggest(f"t{i}")
+    # suggestion 0: seed 0 diverged (the trainable's failed report), seed 1 finished: 1 of 2 is half
+    searcher.on_trial_complete("t0", {"epoch": 1, "mfcbench_status": "failed", "error": "non-finite loss"})
+    searcher.on_trial_complete("t1", completed(-100.0))
+    # suggestion 1: seed 0 errored in Tune, seed 1 finished without a finite objective: 0 of 2
+    searcher.on_trial_complete("t2", error=True)
+    searcher.on_trial_complete("t3", {"epoch": 2, "mfcbench_status": "completed"})
+    first, second = journal_study(tmp_path).trials
+    assert first.state == TrialState.COMPLETE and first.value == pytest.approx(-100.0)
+    assert first.user_attrs["failed_seeds"] == [0]
+    assert second.state == TrialState.FAIL and second.user_attrs["failed_seeds"] == [0, 1]
+
+
+def test_a_trial_stopped_by_the_scheduler_is_pruned_with_its_last_value(tmp_path):
+    searcher = searcher_for(tmp_path, num_samples=2)
+    searcher.suggest("t0"), searcher.suggest("t1")
+    searcher.on_trial_complete("t0", completed(-100.0))
+    # ASHA stopped it after epoch 1: its last report still said "running"
+    searcher.on_trial_complete("t1", {"elbo": -150.0, "epoch": 1, "mfcbench_status": "running"})
+    first, second = journal_study(tmp_path).trials
+    assert first.state == TrialState.COMPLETE
+    assert second.state == TrialState.PRUNED
+    assert second.intermediate_values == {1: -150.0} and second.value == -150.0
+
+
+def test_multi_objective_mean_per_objective(tmp_path):
+    searcher = searcher_for(tmp_path, replicates=2, num_samples=1, metrics=["elbo", "acc/facet1/digit"],
+                            modes=["max", "max"])
+    searcher.suggest("a"), searcher.suggest("b")
+    searcher.on_trial_complete("a", {**completed(-100.0), "acc/facet1/digit": 0.5})
+    searcher.on_trial_complete("b", {**completed(-110.0), "acc/facet1/digit": 0.7})
+    (trial,) = journal_study(tmp_path).trials
+    assert trial.values == pytest.approx([-105.0, 0.6])
+
+
+def test_searcher_survives_a_driver_restart(tmp_path):
+    searcher = searcher_for(tmp_path, replicates=2, num_samples=3)
+    for trial_id in ("t0", "t1", "t2"):  # suggestion 0 both seeds, suggestion 1 seed 0
+        searcher.suggest(trial_id)
+    searcher.on_trial_complete("t0", completed(-100.0))
+    searcher.save(str(tmp_path / "searcher-state.json"))
+    searcher.suggest("lost")  # handed out after the last save: the driver died before Tune saved it
+    searcher.suggest("lost-too")  # a third suggestion, asked in the journal, unknown to the saved state
+
+    # Tune un-pickles the searcher from tuner.pkl (its first state), then restores the saved state
+    restarted = pickle.loads(pickle.dumps(searcher_for(tmp_path, replicates=2, num_samples=3)))
+    restarted.restore(str(tmp_path / "searcher-state.json"))
+    states = [t.state for t in journal_study(tmp_path).trials]
+    assert states == [TrialState.RUNNING, TrialState.RUNNING, TrialState.FAIL]  # the orphan is closed
+    restarted.on_trial_complete("t1", completed(-120.0))
+    restarted.on_trial_complete("t2", completed(-90.0))
+    third = restarted.suggest("t3")  # suggestion 1's seed 1 again: it was not handed out when saved
+    assert third["grid_point"]["trial"]["training"]["seed"] == 1
+    restarted.on_trial_complete("t3", completed(-94.0))
+    trials = journal_study(tmp_path).trials
+    assert trials[0].value == pytest.approx(-110.0) and trials[1].value == pytest.approx(-92.0)
+    assert restarted.suggest("t4")["grid_point"]["trial"]["training"]["seed"] == 0  # suggestion 3 of 3
+    assert len(journal_study(tmp_path).trials) == 4
+
+
+# -- ASHA and concurrency, without Ray running ----------------------------------------------------
+
+def test_asha_max_t_is_the_longest_trial(tmp_path):
+    from harness.search import asha_scheduler
+
+    epochs_space = {"training.epochs_per_step.0": {"type": "int", "low": 3, "high": 40, "step": 4}}
+    sweep, trials = load_sweep(write_sweep(tmp_path / "a.yaml", search={"space": {**LR_SPACE, **epochs_space}},
+                                           scheduler={"grace_period": 1}))
+    assert asha_scheduler(sweep, trials)._max_t == 39  # Optuna's step grid lowers 40 to 39
+    sweep, trials = load_sweep(write_sweep(tmp_path / "b.yaml", search={"space": {"training.epochs_per_step": {
+        "type": "categorical", "choices": [[5], [402], [7]]}}}, scheduler={}))
+    assert asha_scheduler(sweep, trials)._max_t == 402
+    sweep, trials = load_sweep(write_sweep(tmp_path / "c.yaml", search={"space": LR_SPACE}, scheduler={}))
+    assert asha_scheduler(sweep, trials)._max_t == 2  # nothing searched sets epochs: the base's
+    sweep, trials = load_sweep(write_sweep(tmp_path / "d.yaml", variants={"short": {}, "long": {
+        "training.epochs_per_step": [150]}}, scheduler={}))
+    assert asha_scheduler(sweep, trials)._max_t == 150
+    with pytest.raises(ConfigError, match="scheduler.grace_period: 3 exceeds the 2 epochs of the longest trial"):
+        load_sweep(write_sweep(tmp_path / "e.yaml", grid={"training.seed": [0]}, scheduler={"grace_period": 3}))
+
+
+def test_dry_run_prints_the_effective_concurrency(tmp_path, capsys):
+    from harness.cli import main
+
+    def dry_run(**fields) -> str:
+        path = write_sweep(tmp_path / "s.yaml", **fields)
+        assert main(["sweep", str(path), "--dry-run", "--storage", str(tmp_path / "results")]) == 0
+        return capsys.readouterr().out
+
+    search = {"space": LR_SPACE, "replicates": 2, "sampler": {"n_startup_trials": 3}}
+    out = dry_run(search=search)
+    assert ("concurrency: at most 6 trials at once, 3 suggestion(s) x 2 seed(s) "
+            "(default: search.sampler.n_startup_trials x replicates)") in out
+    assert "WARNING" not in out
+    out = dry_run(search=search, max_concurrent=8)
+    assert "concurrency: at most 8 trials at once, 4 suggestion(s) x 2 seed(s) (max_concurrent)" in out
+    assert "WARNING: 4 suggestions in flight exceed search.sampler.n_startup_trials (3)" in out
+    out = dry_run(search={**search, "sampler": {"type": "random"}})
+    assert "concurrency: as many trials at once as the cluster's resources hold" in out and "WARNING" not in out
+    out = dry_run(grid={"training.seed": [0, 1]}, max_concurrent=1)
+    assert "concurrency: at most 1 trials at once (max_concurrent)" in out
+
+
+def test_asha_with_replicates_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="scheduler \\(ASHA\\) cannot be combined with search.replicates > 1"):
+        load_sweep(write_sweep(tmp_path / "s.yaml", search={"space": LR_SPACE, "replicates": 2}, scheduler={}))
+
+
+def test_reports_tell_stopped_early_runs_from_incomplete_ones(tmp_path):
+    from harness.sweep import resolved_base
+    from reports.load import load_runs
+    from reports.summary import failures
+
+    for trial, stopped in [("trial_a", True), ("trial_b", False)]:
+        run_dir = tmp_path / "t" / trial / "runs" / "seed0"
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved_base(TINY_BASE)))
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "elbo": -150.0}) + "\n")
+        if stopped:  # what the driver's StoppedEarlyMarker writes
+            (run_dir.parents[1] / "mfcbench-stopped-early.json").write_text(json.dumps({"epoch": 1}))
+    runs, _ = load_runs([tmp_path / "t"])
+    assert dict(zip(runs["run_dir"].map(lambda d: Path(d).parents[1].name), runs["status"])) == {
+        "trial_a": "stopped early", "trial_b": "incomplete"}
+    assert sorted(failures(runs)["error"]) == ["no result: killed, or still running",
+                                               "stopped early by the sweep's scheduler (ASHA)"]
+
+
+# -- real Ray -------------------------------------------------------------------------------------
+
+def test_asha_search_prunes_in_the_study_and_reports_stopped_early(tmp_path, local_ray):
+    from harness.tune_runner import run_sweep
+    from reports.load import load_runs
+
+    # One trial at a time, so each later suggestion meets the rungs the earlier ones recorded; a
+    # learning rate of 1e-7 barely moves from the initial ELBO, 3e-3 improves it at once.
+    path = write_sweep(tmp_path / "search.yaml", max_concurrent=1, scheduler={"grace_period": 1},
+                       search={"space": {"training.lr": {"type": "categorical", "choices": [3e-3, 1e-7]}},
+                               "num_samples": 4, "sampler": {"type": "random", "seed": 0}})
+    base = yaml.safe_load(path.read_text())
+    base["base"]["training"]["epochs_per_step"] = [4]
+    path.write_text(yaml.safe_dump(base))
+    sweep, trials = load_sweep(path)
+    results = run_sweep(sweep, trials, tmp_path / "results", verbose=0)
+    experiment = tmp_path / "results" / "t"
+    assert len(results) == 4 and all(r.error is None for r in results)
+    study = journal_study(experiment)
+    states = [t.state for t in study.trials]
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states, states
+    assert set(states) <= {TrialState.PRUNED, TrialState.COMPLETE}
+    runs, _ = load_runs([experiment])
+    by_lr = {}
+    for run in runs.itertuples():
+        by_lr.setdefault(json.loads(run.config)["training"]["lr"], set()).add(run.status)
+    for trial in study.trials:
+        expected = "stopped early" if trial.state == TrialState.PRUNED else "completed"
+        assert expected in by_lr[trial.params["training.lr"]], (trial.number, by_lr)
+        if trial.state == TrialState.PRUNED:
+            assert trial.value == trial.intermediate_values[max(trial.intermediate_values)]
+    assert len(runs) == 4 and set(runs["status"]) == {"stopped early", "completed"}
+    assert not (experiment / "optuna.db").exists()

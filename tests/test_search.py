@@ -235,3 +235,24 @@ def test_asha_search_prunes_in_the_study_and_reports_stopped_early(tmp_path, loc
             assert trial.value == trial.intermediate_values[max(trial.intermediate_values)]
     assert len(runs) == 4 and set(runs["status"]) == {"stopped early", "completed"}
     assert not (experiment / "optuna.db").exists()
+
+
+@pytest.mark.slow
+def test_diverging_suggestions_inside_an_asha_search_fail_and_the_search_goes_on(tmp_path, local_ray):
+    """A NaN never ends a sweep: a suggestion whose loss diverges is told FAIL, the others COMPLETE,
+    and Tune records no error (no retries spent, the controller never sees a None)."""
+    from harness.tune_runner import run_sweep
+
+    # grace period = the whole run: ASHA reads every result but stops nothing
+    path = write_sweep(tmp_path / "search.yaml", max_concurrent=2, scheduler={"grace_period": 3},
+                       search={"space": {"training.lr": {"type": "categorical", "choices": [2e-3, 1e12]}},
+                               "num_samples": 4, "sampler": {"type": "random", "seed": 1}})
+    base = yaml.safe_load(path.read_text())
+    base["base"]["training"]["epochs_per_step"] = [3]
+    path.write_text(yaml.safe_dump(base))
+    sweep, trials = load_sweep(path)
+    results = run_sweep(sweep, trials, tmp_path / "results", verbose=0)
+    assert len(results) == 4 and all(r.error is None for r in results)
+    study = journal_study(tmp_path / "results" / "t")
+    outcome = {(t.params["training.lr"], t.state) for t in study.trials}
+    assert outcome == {(2e-3, TrialState.COMPLETE), (1e12, TrialState.FAIL)}, outcome

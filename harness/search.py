@@ -119,6 +119,7 @@ class ReplicatedOptunaSearch(Searcher):
         self.unassigned: list[list] = []
         self.asked = 0
         self.seed_of: dict[str, list[int]] = {}  # Tune trial id -> [optuna number, replicate]
+        self.errored: dict[str, list[int]] = {}  # the same, for trials Ray lost: --retry-errored may rerun them
         # optuna number -> {"params", "values": [per finished seed], "failed": [seeds], "stopped": [[seed, epoch,
         # values]], "ended": count}
         self.suggestions: dict[int, dict] = {}
@@ -157,12 +158,17 @@ class ReplicatedOptunaSearch(Searcher):
         return {"grid_point": {"variant": "search", "trial": config}, "overrides": dict(params)}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.errored and not error:  # `--resume --retry-errored` ran it again, same id
+            self._retried(trial_id, result)
+            return
         if trial_id not in self.seed_of:  # not one of ours (Tune also calls this for trials it never started)
             return
         number, replicate = self.seed_of.pop(trial_id)
         outcome = self.suggestions[number]
         seed = self.base["training"]["seed"] + replicate
         values = None if error or trial_failed(result) else self._objective(result)
+        if error:  # Ray lost it (retries spent): a later --retry-errored may still finish it
+            self.errored[trial_id] = [number, replicate]
         if values is None:
             outcome["failed"].append(seed)
         elif stopped_early(result):
@@ -172,6 +178,28 @@ class ReplicatedOptunaSearch(Searcher):
         outcome["ended"] += 1
         if outcome["ended"] == self.replicates:
             self._tell(number, outcome)
+
+    def _retried(self, trial_id: str, result: dict | None) -> None:
+        """An errored seed that a resumed sweep ran again. If its suggestion is still open, the seed
+        counts as finished after all; if the study was already told, the told trial stays as it was
+        (Optuna does not change a finished trial) and the suggestion enters the study again as a new
+        trial with the same parameters and the mean over the seeds that have now finished."""
+        number, replicate = self.errored.pop(trial_id)
+        values = None if trial_failed(result) or stopped_early(result) else self._objective(result)
+        if values is None:
+            return
+        outcome = self.suggestions[number]
+        outcome["failed"].remove(self.base["training"]["seed"] + replicate)
+        outcome["values"].append(values)
+        if outcome["ended"] < self.replicates or 2 * len(outcome["values"]) < self.replicates or outcome["stopped"]:
+            return  # still open (told when its last seed ends), or still not enough seeds for a value
+        import optuna
+
+        means = [statistics.fmean(column) for column in zip(*outcome["values"])]
+        self.study.add_trial(optuna.trial.create_trial(
+            params=outcome["params"], distributions=_distributions(self.sweep),
+            **({"values": means} if len(means) > 1 else {"value": means[0]}),
+            user_attrs={"retry_of_trial": number, "failed_seeds": outcome["failed"], "stopped_seeds": []}))
 
     def _objective(self, result: dict) -> list[float] | None:
         """The objective value(s) in a result, or None when one is missing or not finite."""
@@ -203,7 +231,7 @@ class ReplicatedOptunaSearch(Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_text(json.dumps(
-            {"unassigned": self.unassigned, "asked": self.asked, "seed_of": self.seed_of,
+            {"unassigned": self.unassigned, "asked": self.asked, "seed_of": self.seed_of, "errored": self.errored,
              "suggestions": {str(k): v for k, v in self.suggestions.items()}}))
 
     def restore(self, checkpoint_path: str) -> None:
@@ -211,6 +239,7 @@ class ReplicatedOptunaSearch(Searcher):
 
         state = json.loads(Path(checkpoint_path).read_text())
         self.unassigned, self.asked, self.seed_of = state["unassigned"], state["asked"], state["seed_of"]
+        self.errored = state.get("errored", {})
         self.suggestions = {int(k): v for k, v in state["suggestions"].items()}
         # A suggestion asked after the last save has no Tune trials and never will: close it.
         for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

@@ -47,6 +47,35 @@ def completed(elbo: float, epoch: int = 2) -> dict:
 
 # -- the searcher, without Ray running ------------------------------------------------------------
 
+def test_a_lost_seed_that_retry_errored_finishes_enters_the_study(tmp_path):
+    """Ray lost a seed (error=True): the suggestion is told FAIL. `--resume --retry-errored` reruns it
+    under the same id; the told trial stays FAIL and the suggestion enters the study again, COMPLETE."""
+    searcher = searcher_for(tmp_path, replicates=1, num_samples=1)
+    params = searcher.suggest("t0")
+    searcher.on_trial_complete("t0", None, error=True)
+    path = tmp_path / "searcher.json"
+    searcher.save(str(path))  # the driver stops; a new one restores
+    resumed = searcher_for(tmp_path, replicates=1, num_samples=1)
+    resumed.restore(str(path))
+    resumed.on_trial_complete("t0", completed(-90.0))
+    study = journal_study(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[1].value == -90.0 and study.trials[1].params == study.trials[0].params
+    assert study.trials[1].params["training.lr"] == params["overrides"]["training.lr"]
+    assert study.trials[1].user_attrs["retry_of_trial"] == 0
+
+
+def test_a_lost_seed_rerun_before_its_suggestion_ends_counts_as_finished(tmp_path):
+    searcher = searcher_for(tmp_path, replicates=2, num_samples=1)
+    searcher.suggest("t0"), searcher.suggest("t1")
+    searcher.on_trial_complete("t0", None, error=True)
+    searcher.on_trial_complete("t0", completed(-80.0))  # rerun while seed 1 still runs
+    searcher.on_trial_complete("t1", completed(-100.0))
+    study = journal_study(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] and study.trials[0].value == -90.0
+    assert study.trials[0].user_attrs["failed_seeds"] == []
+
+
 def test_replicates_become_parallel_trials_and_the_study_gets_their_mean(tmp_path):
     searcher = searcher_for(tmp_path, replicates=3, num_samples=2)
     suggestions = {f"t{i}": searcher.suggest(f"t{i}") for i in range(6)}

@@ -203,9 +203,11 @@ def test_diverging_trials_under_asha_never_end_the_sweep_and_storage_stays_small
 
 
 @pytest.mark.slow
-def test_retry_errored_resumes_a_lost_trial_in_its_own_run_folder(tmp_path):
+@pytest.mark.parametrize("kind", ["grid", "search"])
+def test_retry_errored_resumes_a_lost_trial_in_its_own_run_folder(tmp_path, kind):
     """A trial's actor is killed mid-run (retries: 0, so it errors); --resume --retry-errored continues
-    it under the same id, in the same run folder, from checkpoint.pt: epochs 1..N exactly once."""
+    it under the same id, in the same run folder, from checkpoint.pt: epochs 1..N exactly once. In a
+    search, the study keeps the FAIL it was told and gets the finished suggestion as a new trial."""
     home, temp = tmp_path / "home", short_temp_dir()
     home.mkdir()
     env = ray_env(home)
@@ -213,8 +215,10 @@ def test_retry_errored_resumes_a_lost_trial_in_its_own_run_folder(tmp_path):
     base = {**TINY_BASE, "model": {**TINY_BASE["model"], "hidden_sizes": [256]},
             "training": {**TINY_BASE["training"], "epochs_per_step": [epochs], "batch_size": 64}}
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"name": "r", "base": base, "grid": {"training.seed": [0]},
-                                    "storage": str(tmp_path / "results")}))
+    trials = {"grid": {"training.seed": [0]}} if kind == "grid" else {"search": {
+        "space": {"training.lr": {"type": "categorical", "choices": [0.0005]}}, "num_samples": 1,
+        "sampler": {"type": "random"}}}
+    path.write_text(yaml.safe_dump({"name": "r", "base": base, **trials, "storage": str(tmp_path / "results")}))
     cmd = [str(BIN / "mfcbench"), "sweep", str(path), "--ray-temp-dir", temp]
     experiment = tmp_path / "results" / "r"
     try:
@@ -236,7 +240,7 @@ def test_retry_errored_resumes_a_lost_trial_in_its_own_run_folder(tmp_path):
     finally:
         kill_all(processes_of(temp))
     assert driver.returncode == 0, out[-3000:]
-    assert re.search(r"^\d\d:\d\d:\d\d ERROR    \w+ \[base\]", out, re.M), out[-3000:]
+    assert re.search(r"^\d\d:\d\d:\d\d ERROR    \w+ \[(base|search)\]", out, re.M), out[-3000:]
     assert not (metrics[0].parent / "result.json").exists()
 
     resumed = run(cmd + ["--resume", "--retry-errored"], env, timeout=300)
@@ -251,6 +255,13 @@ def test_retry_errored_resumes_a_lost_trial_in_its_own_run_folder(tmp_path):
     assert logged == list(range(1, epochs + 1))
     starts = json.loads((trial_dir / "mfcbench-trial.json").read_text())["starts"]
     assert len(starts) == 2 and starts[0]["pid"] == worker
+    if kind == "search":
+        import optuna
+
+        study = optuna.load_study(study_name="r", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(experiment / "optuna.journal"))))
+        assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+        assert study.trials[1].value == result["final"]["elbo"]
 
 
 @pytest.mark.slow

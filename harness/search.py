@@ -120,6 +120,7 @@ class ReplicatedOptunaSearch(Searcher):
         self.asked = 0
         self.seed_of: dict[str, list[int]] = {}  # Tune trial id -> [optuna number, replicate]
         self.errored: dict[str, list[int]] = {}  # the same, for trials Ray lost: --retry-errored may rerun them
+        self.max_concurrent = 0  # 0: no limit of our own (set_max_concurrency)
         # optuna number -> {"params", "values": [per finished seed], "failed": [seeds], "stopped": [[seed, epoch,
         # values]], "ended": count}
         self.suggestions: dict[int, dict] = {}
@@ -138,7 +139,16 @@ class ReplicatedOptunaSearch(Searcher):
     def replicates(self) -> int:
         return self.sweep.search.replicates
 
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """The limit (TuneConfig.max_concurrent_trials) is kept here, not in the ConcurrencyLimiter
+        Tune would wrap around this searcher: that limiter drops the results of trials it does not
+        track, such as a lost seed that `--retry-errored` runs again."""
+        self.max_concurrent = max_concurrent
+        return True
+
     def suggest(self, trial_id: str) -> dict | str | None:
+        if self.max_concurrent and len(self.seed_of) >= self.max_concurrent:
+            return None  # Tune asks again when a trial ends
         if not self.unassigned:
             if self.asked >= self.sweep.search.num_samples:
                 return Searcher.FINISHED
@@ -193,6 +203,8 @@ class ReplicatedOptunaSearch(Searcher):
         outcome["values"].append(values)
         if outcome["ended"] < self.replicates or 2 * len(outcome["values"]) < self.replicates or outcome["stopped"]:
             return  # still open (told when its last seed ends), or still not enough seeds for a value
+        if any(other == number for other, _ in self.errored.values()):
+            return  # another lost seed of it may still be rerun: one new trial, once all are back
         import optuna
 
         means = [statistics.fmean(column) for column in zip(*outcome["values"])]

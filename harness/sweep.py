@@ -300,8 +300,13 @@ def _with_absolute_paths(sweep: SweepConfig) -> SweepConfig:
 
 def resolved_base(base: dict | str) -> dict:
     """The base (a mapping, preset name or trial YAML) with every default filled in, so list paths
-    like model.latent_dims.1 exist."""
-    return TrialConfig.model_validate(read_yaml(base) if isinstance(base, str) else base).model_dump(mode="json")
+    like model.latent_dims.1 exist. An unset training.epochs_per_step stays unset: its default depends
+    on the number of facets and on progressive, which variants, grids and searches may change."""
+    data = read_yaml(base) if isinstance(base, str) else base
+    resolved = TrialConfig.model_validate(data).model_dump(mode="json")
+    if (data.get("training") or {}).get("epochs_per_step") is None:
+        resolved["training"]["epochs_per_step"] = None
+    return resolved
 
 
 def with_overrides(base: dict, overrides: dict[str, Any]) -> dict:
@@ -456,7 +461,8 @@ def _device_problems(sweep: SweepConfig, trials: list[dict]) -> list[str]:
     return problems
 
 
-DATASETS_WITHOUT_FILES = ("digits", "shapes-config1", "shapes-config2")
+# Read nothing under data_root (fashion-mnist: not necessarily, Debian's package installs it elsewhere)
+DATASETS_WITHOUT_FILES = ("digits", "shapes-config1", "shapes-config2", "fashion-mnist")
 
 
 def data_paths(sweep: SweepConfig, trials: list[dict]) -> list[tuple[str, str]]:
@@ -473,7 +479,8 @@ def data_paths(sweep: SweepConfig, trials: list[dict]) -> list[tuple[str, str]]:
         name, root = config["dataset"]["name"], config["dataset"].get("data_root")
         if name.startswith("npz:"):
             found[("npz", name[len("npz:"):])] = None
-        elif root is not None and name not in DATASETS_WITHOUT_FILES:
+        elif root is not None and name not in DATASETS_WITHOUT_FILES and not config["dataset"].get("download"):
+            # (a download creates data_root on the node; fashion-mnist also looks in the system's folder)
             found[(f"data_root of {name}", root)] = None
     return list(found)
 

@@ -210,8 +210,8 @@ def is_stale(holder: dict) -> bool:
 def lock_problem(experiment_dir: Path) -> str | None:
     """Why another driver holds this experiment (a lock that is not stale), or None; reads only."""
     holder = read_lock(experiment_dir)
-    if holder is None or is_stale(holder):
-        return None
+    if holder is None or is_stale(holder) or (holder["host"], holder["pid"]) == (socket.gethostname(), os.getpid()):
+        return None  # none, stale, or this process's own
     path = experiment_dir / LOCK_FILE
     return (f"{experiment_dir} is being run by another driver: host {holder['host']}, pid {holder['pid']}, "
             f"started {holder.get('started', '?')} (lock file {path}). Wait for it to finish, or, if that driver "
@@ -253,9 +253,27 @@ def _create(path: Path, mine: dict, experiment_dir: Path, log) -> None:
             return _create(path, mine, experiment_dir, log)
         if not is_stale(holder):
             raise SweepError(lock_problem(experiment_dir)) from None
+        # Moved aside, not deleted: of two drivers taking over at once, one rename wins, and a lock
+        # created after we looked (moved by mistake) is put back.
+        claimed = path.with_name(f"{path.name}.stale-{os.getpid()}")
+        try:
+            os.rename(path, claimed)
+        except FileNotFoundError:
+            return _create(path, mine, experiment_dir, log)
+        try:
+            moved = json.loads(claimed.read_text())
+        except (OSError, ValueError):
+            moved = None
+        if moved != holder:
+            try:
+                os.link(claimed, path)
+            except FileExistsError:
+                pass
+            claimed.unlink()
+            return _create(path, mine, experiment_dir, log)
+        claimed.unlink()
         log(f"taking over the stale lock of a driver that no longer runs (host {holder['host']}, pid "
             f"{holder['pid']}, started {holder.get('started', '?')})")
-        path.unlink(missing_ok=True)
         return _create(path, mine, experiment_dir, log)
     with os.fdopen(fd, "w") as f:
         json.dump(mine, f)

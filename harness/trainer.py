@@ -281,7 +281,9 @@ class Trial:
         if not self.checkpoint_path.exists():
             raise TrialFailed(f"no {self.checkpoint_path.name} (the run stopped before its first evaluation)")
         try:
-            ckpt = torch.load(self.checkpoint_path, weights_only=True, map_location=setup.data.x_train.device)
+            # On the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and
+            # optimiser state onto the model's device.
+            ckpt = torch.load(self.checkpoint_path, weights_only=True, map_location="cpu")
         except Exception as error:
             raise TrialFailed(f"{self.checkpoint_path.name} is unreadable ({type(error).__name__}: "
                               f"{str(error).splitlines()[0] if str(error) else 'empty or truncated'})") from None

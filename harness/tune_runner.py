@@ -326,12 +326,14 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
         tune.with_parameters(trainable, grid_trials=grid_trials, report=sweep.report,
                              required_metrics=sorted(set(objectives))),
         {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
-    total = len(trials) if sweep.search is None else sweep.search.num_samples * sweep.search.replicates
+    total = len(grid_trials or trials) if sweep.search is None else sweep.search.num_samples * sweep.search.replicates
     with _owner_only_writes(), _ray_output(verbose), _tune_settings(sweep.ray_loggers), ExitStack() as held:
         start_ray(address, temp_dir=ray_temp_dir, quiet=verbose == 0)
         check_cluster_fits(sweep.resources.cpu, sweep.resources.gpu, allow_pending)
         # Released when run_sweep returns or raises (Ctrl-C included).
         held.enter_context(driver_lock(experiment_dir))
+        # Again, now that no other driver can start or finish here: the folder may have changed since
+        check_before_start(sweep, storage, name, resume, retry_errored, trust_experiment_dir, tracker)
         # On --resume, the data the experiment was started with (its recorded grid trials, if any).
         nodes, seconds = preflight(experiment_dir, data_paths(sweep, grid_trials or trials))
         print(f"preflight: {nodes} node(s) can write {experiment_dir} and see the data ({seconds:.2f} s)",

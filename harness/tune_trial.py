@@ -49,12 +49,17 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
     from . import trainer
 
     variant, overrides, config_dict = _what_to_train(params, grid_trials)
-    # Ray, not torch, knows whether this trial has a GPU: torch sees every GPU of the node
-    config_dict["training"]["device"] = trial_device(config_dict["training"]["device"], ray.get_gpu_ids(),
-                                                     torch.cuda.is_available())
-    if config_dict["training"].get("threads") is None:
-        config_dict["training"]["threads"] = max(1, int(params.get("cpus", 1)))
-    config = TrialConfig.model_validate(config_dict)
+    try:
+        # Ray, not torch, knows whether this trial has a GPU: torch sees every GPU of the node
+        config_dict["training"]["device"] = trial_device(config_dict["training"]["device"], ray.get_gpu_ids(),
+                                                         torch.cuda.is_available())
+        if config_dict["training"].get("threads") is None:
+            config_dict["training"]["threads"] = max(1, int(params.get("cpus", 1)))
+        config = TrialConfig.model_validate(config_dict)  # on this node: an npz file it cannot read, say
+    except ValueError as error:  # deterministic (DeviceError, a config this node refuses): no retry
+        tune.report({"variant": variant, "seed": config_dict["training"].get("seed"), "mfcbench_status": "failed",
+                     "error": str(error)})
+        return
     seed = config.training.seed
     # Not tune.get_context().get_trial_dir(): that is Ray's local staging folder, which a reused
     # actor does not sync to storage. Run folders go straight into the experiment folder (for a

@@ -21,10 +21,9 @@ from pathlib import Path
 
 from ray.tune.search import Searcher
 
+from .layout import JOURNAL_FILE, STOPPED_EARLY_FILE
 from .sweep import SweepConfig, max_total_epochs, resolved_base, with_overrides
 
-JOURNAL_FILE = "optuna.journal"
-STOPPED_EARLY_FILE = "mfcbench-stopped-early.json"  # in trial_<id>/; reports.load reads it (without Ray)
 
 
 def open_study(sweep: SweepConfig, experiment_dir: Path):

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .layout import LOCK_FILE
 from .sweep import REMOTE_STORAGE, SweepConfig, describe, experiment_name_problem, load_sweep
 
 
@@ -169,7 +170,6 @@ def _user_name(uid: int) -> str:
 # driver that died on this host (same host, no such process) is stale and taken over; one from another
 # host cannot be checked from here, so the message says how to remove it.
 
-LOCK_FILE = "mfcbench-driver.lock"
 
 
 def _pid_alive(pid: int) -> bool:

@@ -25,8 +25,10 @@ import torch
 
 from models import ClusteringBaseline, build_model
 
-from .config import TrialConfig, dump
+from .config import TrialConfig, batches_per_epoch, dump
 from .data import Dataset, batches, load_dataset
+from .files import write_json_atomic
+from .log_text import clock, significant
 from .metrics import clustering_metrics
 
 Reporter = Callable[[dict, Path], None]  # (metrics of one evaluation, run folder with checkpoint.pt)
@@ -92,12 +94,6 @@ def provenance(device: torch.device) -> dict:
     }
 
 
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 @torch.no_grad()
 def evaluate(model, data: Dataset, batch_size: int, seed: int) -> dict:
     """Test ELBO and its terms (all facets active) and clustering metrics at the posterior mean."""
@@ -132,20 +128,6 @@ def evaluate(model, data: Dataset, batch_size: int, seed: int) -> dict:
 
 def _finite_or_none(value):
     return value if not isinstance(value, float) or math.isfinite(value) else None
-
-
-def _rounded(value, digits: int = 4):
-    """Floats at `digits` significant digits for log lines (alphas print as 0.0002, not 0.000199999...)."""
-    if isinstance(value, float):
-        return float(f"{value:.{digits}g}")
-    if isinstance(value, list):
-        return [_rounded(v, digits) for v in value]
-    return value
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def read_metrics(path: Path) -> tuple[list[str], bool]:
@@ -272,7 +254,7 @@ class Trial:
         return Setup(device, data, model, torch.optim.Adam(model.parameters(), lr=tc.lr),
                      torch.Generator().manual_seed(tc.seed),  # on the CPU, moved per epoch
                      Schedule(model.n_facets, tc.epochs_per_step, tc.progressive, tc.fade_in_batches,
-                              math.ceil(len(data.x_train) / tc.batch_size)))
+                              batches_per_epoch(len(data.x_train), tc.batch_size)))
 
     def _restore(self, setup: Setup, state: dict) -> Restored:
         """Load checkpoint.pt into the model, optimiser and RNGs; read metrics.jsonl. Writes nothing."""
@@ -427,8 +409,8 @@ class Trial:
         rate = state["samples"] / max(state["train_time"], 1e-9)
         elbo = m.get("elbo")
         return (f"epoch {m['epoch']}/{self.config.training.total_epochs} step {m['progressive_step']} "
-                f"alphas {_rounded(m['alphas'])} | test elbo {elbo if elbo is None else round(elbo, 2)} | {accs} | "
-                f"{rate:,.0f} samples/s | eta {_clock(eta_s)}")
+                f"alphas [{', '.join(significant(a) for a in m['alphas'])}] | test elbo {elbo if elbo is None else round(elbo, 2)} | {accs} | "
+                f"{rate:,.0f} samples/s | eta {clock(eta_s)}")
 
     def _write_result(self, status: str, state: dict, device, started: float, final: dict | None = None,
                       error: str | None = None) -> dict:

@@ -2,21 +2,7 @@
 
 The trial itself is harness.tune_trial.trainable; checks that need no Ray are in harness.sweep_checks.
 
-Experiment folder (`storage/name/`):
-  mfcbench-sweep.yaml     the sweep file as run, with the resolved base and expanded trial list
-                          (every path absolute)
-  mfcbench-driver.lock    while a driver runs it: that driver's host, pid and start time
-  optuna.journal          the Optuna study (search sweeps; harness.search): `optuna-dashboard optuna.journal`
-  mlflow.db               with --tracker mlflow: `mlflow ui --backend-store-uri sqlite:///.../mlflow.db`
-  mfcbench-grid-trials.json   grid sweeps: the expanded trial configs; Tune's params hold only an index
-  trial_<id>/mfcbench-trial.json   the trial's variant, overrides, config and every start (node, pid)
-  trial_<id>/runs/seed<s>/   the trial's run folder (one seed per trial): config.yaml, metrics.jsonl,
-                          checkpoint.pt, result.json, tensorboard/
-  trial_<id>/mfcbench-stopped-early.json   written when the scheduler (ASHA) stopped the trial early
-  trial_<id>/...          Ray Tune's own files: error.txt for a lost actor; with `ray_loggers: true`
-                          also params.json, result.json, progress.csv and events
-Run folders are written straight into storage, so on a multi-node cluster `storage` must be a
-filesystem every node mounts (Ray's own rule for multi-node storage).
+The experiment folder it writes is described in harness.layout.
 """
 from __future__ import annotations
 
@@ -32,23 +18,14 @@ from typing import Any
 
 import yaml
 
+from .files import write_json_atomic
+from .layout import GRID_TRIALS_FILE, MLFLOW_FILE, SWEEP_FILE
+from .log_text import clock, significant
 from .preflight import preflight
 from .sweep import SweepConfig, data_paths, effective_max_concurrent, resolved_base
 from .sweep_checks import SweepError, check_before_start, driver_lock
 from .tune_trial import trainable
 
-SWEEP_FILE = "mfcbench-sweep.yaml"
-GRID_TRIALS_FILE = "mfcbench-grid-trials.json"
-
-
-def _fmt(value: Any) -> str:
-    """Floats in log lines to 4 significant digits (alphas 0.0002, not 0.00019999999494757503)."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 PROGRESS_EVERY_S = 60
@@ -88,13 +65,13 @@ def _event_printer(total: int, verbose: int = 0, grid_trials: list[dict] = ()):
         def _metrics(self, result: dict) -> str:
             parts = []
             if isinstance(result.get("elbo"), float):
-                parts.append(f"elbo={_fmt(result['elbo'])}")
-            parts += [f"{k.removeprefix('acc/')}={_fmt(v)}" for k, v in result.items()
+                parts.append(f"elbo={significant(result['elbo'])}")
+            parts += [f"{k.removeprefix('acc/')}={significant(v)}" for k, v in result.items()
                       if k.startswith("acc/") and isinstance(v, float)]
             alphas = [result[k] for k in sorted((k for k in result if k.startswith("alpha/facet")),
                                                  key=lambda k: int(k.removeprefix("alpha/facet")))]
             if alphas:
-                parts.append("alphas=" + ",".join(_fmt(float(a)) for a in alphas))
+                parts.append("alphas=" + ",".join(significant(float(a)) for a in alphas))
             return " ".join(parts)
 
         def _print(self, text: str) -> None:
@@ -111,7 +88,7 @@ def _event_printer(total: int, verbose: int = 0, grid_trials: list[dict] = ()):
             if remaining == 0:
                 eta = "00:00:00"
             elif done_here:
-                eta = _clock((time.monotonic() - self.started) / done_here * remaining)
+                eta = clock((time.monotonic() - self.started) / done_here * remaining)
             else:
                 eta = "unknown"
             self._print(f"{done} of {self.total} trials done ({len(errored)} errored), {running} running, ETA {eta}")
@@ -363,7 +340,7 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
             + yaml.safe_dump({"resolved_base": resolved_base(sweep.base),
                               "trials": [{"variant": t["variant"], "overrides": t["overrides"]} for t in trials]}))
         if sweep.search is None:
-            write_json_atomic(experiment_dir / GRID_TRIALS_FILE, grid_trials)
+            write_json_atomic(experiment_dir / GRID_TRIALS_FILE, grid_trials, indent=None)
         if tracker == "mlflow":
             callbacks.append(_mlflow_callback(experiment_dir, verbose))
         search_alg, num_samples = None, 1
@@ -395,12 +372,6 @@ def _recorded_grid_trials(experiment_dir: Path) -> list[dict]:
     went by index (its Tune params hold each trial's whole config)."""
     path = experiment_dir / GRID_TRIALS_FILE
     return json.loads(path.read_text()) if path.exists() else []
-
-
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 @contextmanager
@@ -483,4 +454,4 @@ def _mlflow_callback(experiment_dir: Path, verbose: int):
 
 
 def mlflow_tracking_uri(experiment_dir: Path) -> str:
-    return f"sqlite:///{experiment_dir / 'mlflow.db'}"
+    return f"sqlite:///{experiment_dir / MLFLOW_FILE}"

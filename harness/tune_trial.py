@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import TrialConfig
+from .files import write_json_atomic
+from .layout import TRIAL_META
 from .trial_device import trial_device
 
-TRIAL_META = "mfcbench-trial.json"
 
 
 def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "every_evaluation",
@@ -114,8 +115,6 @@ def _record_start(trial_dir: Path, variant: str, overrides: dict, trial_index: i
                   identity: dict) -> None:
     """mfcbench-trial.json: what the trial trains (reports read it, with or without Tune's own
     loggers), and every start of it: a retried trial shows each node it ran on."""
-    from .trainer import write_json_atomic
-
     path = trial_dir / TRIAL_META
     starts = json.loads(path.read_text()).get("starts", []) if path.exists() else []
     starts.append({k: identity[k] for k in ("node_id", "host", "pid")} | {"at": time.time()})

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from harness.layout import STOPPED_EARLY_FILE, TRIAL_META
+
 IDENTITY = ["experiment", "variant", "dataset", "model", "architecture", "seed"]
 REPORT_MARKER = "mfcbench-report.json"  # marks every folder `mfcbench report` writes (and its staging folders)
 
@@ -44,7 +46,7 @@ def run_folders(root: Path) -> list[Path]:
 
 def _variant_of(run_dir: Path, config: dict) -> str:
     for parent in list(run_dir.parents)[:3]:
-        meta = parent / "mfcbench-trial.json"
+        meta = parent / TRIAL_META
         if meta.exists():
             return json.loads(meta.read_text())["variant"]
     m = config["model"]
@@ -54,7 +56,6 @@ def _variant_of(run_dir: Path, config: dict) -> str:
 
 
 # Written by the sweep driver (harness.search) into trial_<id>/ when the scheduler stopped that trial.
-STOPPED_EARLY_FILE = "mfcbench-stopped-early.json"
 
 
 def _unfinished_status(run_dir: Path) -> str:
@@ -124,7 +125,7 @@ def _errored_without_runs(roots: list[Path], known: set[str]) -> list[dict]:
             trial = error.parent
             if any(Path(k).is_relative_to(trial) for k in known):
                 continue
-            meta = trial / "mfcbench-trial.json"  # written by the trial before it trains
+            meta = trial / TRIAL_META  # written by the trial before it trains
             params = json.loads((trial / "params.json").read_text()) if (trial / "params.json").exists() else {}
             recorded = json.loads(meta.read_text()) if meta.exists() else {}
             if "config" in recorded:

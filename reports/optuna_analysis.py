@@ -12,11 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
+from harness.layout import JOURNAL_FILE  # noqa: E402
+
 from . import writers  # noqa: E402
 from .figures import save_atomic, slug  # noqa: E402
 from .load import best_facet_columns, with_best_facet  # noqa: E402
 
-JOURNAL_FILE = "optuna.journal"  # the study of a search sweep, written by harness.search
 
 
 def optuna_sections(paths: list[Path], runs: pd.DataFrame, out: Path) -> list[tuple[str, str]]:

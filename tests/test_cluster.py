@@ -16,7 +16,8 @@ import yaml
 
 from harness.config import ConfigError
 from harness.sweep import load_sweep
-from harness.sweep_checks import LOCK_FILE, SweepError, check_before_start, driver_lock
+from harness.layout import LOCK_FILE
+from harness.sweep_checks import SweepError, check_before_start, driver_lock
 from harness.trial_device import DeviceError, trial_device
 
 from ray_helpers import kill_all, processes_of, short_temp_dir
@@ -190,7 +191,8 @@ def test_a_stale_lock_is_taken_over_and_every_lock_is_released(tmp_path, reaped)
 
 @pytest.mark.slow
 def test_sweep_with_a_relative_npz_path_runs_from_another_directory(tmp_path, local_ray, monkeypatch, capsys):
-    from harness.tune_runner import SWEEP_FILE, run_sweep
+    from harness.layout import SWEEP_FILE
+    from harness.tune_runner import run_sweep
 
     launch = tmp_path / "launch"
     write_tiny_npz(launch / "data" / "tiny.npz")

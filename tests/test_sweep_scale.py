@@ -173,7 +173,8 @@ def test_failed_trials_print_as_failed_and_count_as_errored(capsys):
 
 @pytest.mark.slow
 def test_diverging_trials_under_asha_never_end_the_sweep_and_storage_stays_small(tmp_path, local_ray):
-    from harness.tune_runner import GRID_TRIALS_FILE, run_sweep
+    from harness.layout import GRID_TRIALS_FILE
+    from harness.tune_runner import run_sweep
 
     path = write_sweep(tmp_path / "grid.yaml", variants={"ok": {}, "bad": {"training.lr": 1e12}},
                        grid={"training.seed": [0, 1]},

@@ -150,7 +150,7 @@ def test_cli_train_and_bad_input(tmp_path, capsys):
     assert code == 0 and (out / "result.json").exists()
     printed = capsys.readouterr()
     assert "\x1b[" not in printed.out + printed.err  # not a terminal: no progress bar, no ANSI codes
-    assert "epoch 1/1 step 1 alphas [1.0] |" in printed.out and "| eta 0:00:00" in printed.out
+    assert "epoch 1/1 step 1 alphas [1] |" in printed.out and "| eta 00:00:00" in printed.out
     assert main(["train", "--set", "model.covariance=ful", "--out", str(tmp_path / "bad")]) == 2
     assert "model.covariance" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # nothing started

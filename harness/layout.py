@@ -1,0 +1,26 @@
+"""The files mfcbench writes into an experiment folder (`storage/name/`), by name, in one place:
+harness writes them, reports read them (this module imports nothing, so reports stay free of Ray
+and training code).
+
+  mfcbench-sweep.yaml     the sweep file as run, with the resolved base and expanded trial list
+                          (every path absolute)
+  mfcbench-driver.lock    while a driver runs it: that driver's host, pid and start time
+  optuna.journal          the Optuna study (search sweeps; harness.search): `optuna-dashboard optuna.journal`
+  mlflow.db               with --tracker mlflow: `mlflow ui --backend-store-uri sqlite:///.../mlflow.db`
+  mfcbench-grid-trials.json   grid sweeps: the expanded trial configs; Tune's params hold only an index
+  trial_<id>/mfcbench-trial.json   the trial's variant, overrides, config and every start (node, pid)
+  trial_<id>/runs/seed<s>/   the trial's run folder (one seed per trial): config.yaml, metrics.jsonl,
+                          checkpoint.pt, result.json, tensorboard/
+  trial_<id>/mfcbench-stopped-early.json   written when the scheduler (ASHA) stopped the trial early
+  trial_<id>/...          Ray Tune's own files: error.txt for a lost actor; with `ray_loggers: true`
+                          also params.json, result.json, progress.csv and events
+Run folders are written straight into storage, so on a multi-node cluster `storage` must be a
+filesystem every node mounts (Ray's own rule for multi-node storage).
+"""
+SWEEP_FILE = "mfcbench-sweep.yaml"
+LOCK_FILE = "mfcbench-driver.lock"
+JOURNAL_FILE = "optuna.journal"
+MLFLOW_FILE = "mlflow.db"
+GRID_TRIALS_FILE = "mfcbench-grid-trials.json"
+TRIAL_META = "mfcbench-trial.json"
+STOPPED_EARLY_FILE = "mfcbench-stopped-early.json"

@@ -81,3 +81,20 @@ def free_port(host: str = "127.0.0.2") -> int:
 
 def run(cmd: list[str], env: dict, timeout: float, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, timeout=timeout, capture_output=True, text=True, **kw)
+
+
+def start_two_node_cluster(env: dict, head_temp: str, worker_temp: str | None = None) -> str:
+    """A head and a worker node on 127.0.0.2, one CPU each, with the token authentication Ray 2.60
+    turns on (the token goes to env's HOME); returns the head's address. The caller ends their
+    processes by PID: processes_of(head_temp) (and of worker_temp, the worker's own, when given)."""
+    address = f"127.0.0.2:{free_port()}"
+    common = ["--node-ip-address=127.0.0.2", "--num-cpus=1", "--disable-usage-stats", "--object-store-memory=100000000"]
+    ray = str(BIN / "ray")
+    for step in ([ray, "get-auth-token", "--generate"],
+                 [ray, "start", "--head", f"--port={address.split(':')[1]}", "--include-dashboard=false",
+                  f"--temp-dir={head_temp}"] + common,
+                 [ray, "start", f"--address={address}"] + ([f"--temp-dir={worker_temp}"] if worker_temp else [])
+                 + common):
+        result = run(step, env, timeout=120)
+        assert result.returncode == 0, f"{' '.join(step[1:3])}: {result.stderr[-2000:]}"
+    return address

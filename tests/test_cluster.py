@@ -243,26 +243,17 @@ def test_preflight_names_the_node_and_path_that_fail(tmp_path, local_ray, monkey
 
 @pytest.mark.slow
 def test_two_node_cluster_preflights_every_node_and_runs_relative_paths(tmp_path):
-    from ray_helpers import BIN, free_port, ray_env, run
+    from ray_helpers import BIN, ray_env, run, start_two_node_cluster
 
     home, temp = tmp_path / "home", short_temp_dir()
     home.mkdir()
     env = ray_env(home)
-    port = free_port()
-    address = f"127.0.0.2:{port}"
-    common = ["--node-ip-address=127.0.0.2", "--num-cpus=1", "--disable-usage-stats", "--object-store-memory=100000000"]
     launch = tmp_path / "launch"
     write_tiny_npz(launch / "data" / "tiny.npz")
     path = write_sweep(tmp_path / "n.yaml", storage="results", grid={"training.seed": [0, 1]},
                        base={"dataset": {"name": "npz:data/tiny.npz"}, "model": TINY_MODEL, "training": TINY_TRAINING})
     try:
-        token = run([str(BIN / "ray"), "get-auth-token", "--generate"], env, timeout=60)
-        assert token.returncode == 0, token.stderr[-2000:]
-        head = run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--include-dashboard=false",
-                    f"--temp-dir={temp}"] + common, env, timeout=120)
-        assert head.returncode == 0, head.stderr[-2000:]
-        worker = run([str(BIN / "ray"), "start", f"--address={address}"] + common, env, timeout=120)
-        assert worker.returncode == 0, worker.stderr[-2000:]
+        address = start_two_node_cluster(env, temp)
         sweep = run([str(BIN / "mfcbench"), "sweep", str(path), "--address", address], env, timeout=300, cwd=launch)
         assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     finally:

@@ -14,7 +14,7 @@ import yaml
 from harness.config import ConfigError
 from harness.sweep import load_sweep
 
-from ray_helpers import BIN, free_port, kill_all, processes_of, run, short_temp_dir, ray_env
+from ray_helpers import BIN, kill_all, processes_of, run, short_temp_dir, ray_env, start_two_node_cluster
 from test_sweeps import TINY_BASE, trial_runs, write_sweep
 
 
@@ -273,9 +273,6 @@ def test_trial_on_a_lost_node_continues_on_another_from_its_run_folder(tmp_path)
     home, head_temp, worker_temp = tmp_path / "home", short_temp_dir(), short_temp_dir()
     home.mkdir()
     env = ray_env(home)
-    port = free_port()
-    address = f"127.0.0.2:{port}"
-    common = ["--node-ip-address=127.0.0.2", "--num-cpus=1", "--disable-usage-stats", "--object-store-memory=100000000"]
     epochs = 40
     base = {**TINY_BASE, "model": {**TINY_BASE["model"], "hidden_sizes": [256]},
             "training": {**TINY_BASE["training"], "epochs_per_step": [epochs], "batch_size": 64}}
@@ -285,15 +282,8 @@ def test_trial_on_a_lost_node_continues_on_another_from_its_run_folder(tmp_path)
     experiment = tmp_path / "results" / "n"
     driver = None
     try:
-        token = run([str(BIN / "ray"), "get-auth-token", "--generate"], env, timeout=60)
-        assert token.returncode == 0, token.stderr[-2000:]
-        head = run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--include-dashboard=false",
-                    f"--temp-dir={head_temp}"] + common, env, timeout=120)
-        assert head.returncode == 0, head.stderr[-2000:]
-        # its own temp dir: every process of the worker node (raylet, agents, trial workers) names it
-        worker = run([str(BIN / "ray"), "start", f"--address={address}", f"--temp-dir={worker_temp}"] + common,
-                     env, timeout=120)
-        assert worker.returncode == 0, worker.stderr[-2000:]
+        # the worker's own temp dir: every process of that node (raylet, agents, trial workers) names it
+        address = start_two_node_cluster(env, head_temp, worker_temp)
         driver = subprocess.Popen([str(BIN / "mfcbench"), "sweep", str(path), "--address", address], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         on_worker = None

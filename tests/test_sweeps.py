@@ -12,7 +12,7 @@ import yaml
 from harness.config import ConfigError
 from harness.sweep import load_sweep
 
-from ray_helpers import BIN, free_port, kill_all, processes_of, run, short_temp_dir, ray_env
+from ray_helpers import BIN, free_port, kill_all, processes_of, run, short_temp_dir, ray_env, start_two_node_cluster
 
 SWEEPS = Path(__file__).parent.parent / "sweeps"
 TINY_BASE = {
@@ -441,18 +441,8 @@ def test_sweep_on_two_node_loopback_cluster(tmp_path):
     home, temp = tmp_path / "home", short_temp_dir()
     home.mkdir()
     env = ray_env(home)
-    port = free_port()
-    address = f"127.0.0.2:{port}"
-    common = ["--node-ip-address=127.0.0.2", "--num-cpus=1", "--disable-usage-stats"]
     try:
-        token = run([str(BIN / "ray"), "get-auth-token", "--generate"], env, timeout=60)
-        assert token.returncode == 0, token.stderr[-2000:]
-        head = run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--include-dashboard=false",
-                    f"--temp-dir={temp}", "--object-store-memory=100000000"] + common, env, timeout=120)
-        assert head.returncode == 0, head.stderr[-2000:]
-        worker = run([str(BIN / "ray"), "start", f"--address={address}", "--object-store-memory=100000000"]
-                     + common, env, timeout=120)
-        assert worker.returncode == 0, worker.stderr[-2000:]
+        address = start_two_node_cluster(env, temp)
         base = {**TINY_BASE, "model": {**TINY_BASE["model"], "hidden_sizes": [256]},
                 "training": {**TINY_BASE["training"], "epochs_per_step": [30], "batch_size": 64}}
         path = tmp_path / "n.yaml"

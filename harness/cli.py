@@ -123,7 +123,7 @@ def _cmd_train(args) -> int:
             return 0
     else:
         config = load_trial_config(args.config, args.set or [])
-        out = Path(args.out or f"runs/{Path(str(args.config or 'default')).stem}-seed{config.training.seed}")
+        out = Path(args.out) if args.out else _default_run_folder(args.config, config)
         if out.exists() and not out.is_dir():
             raise SystemExit(f"mfcbench train: --out {out} is a file, not a folder")
         if any((out / name).exists() for name in RUN_FILES):
@@ -145,6 +145,11 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _default_run_folder(config_source: str | None, config) -> Path:
+    """Where `train` puts a run without --out: runs/<config file or preset name>-seed<seed>."""
+    return Path(f"runs/{Path(str(config_source or 'default')).stem}-seed{config.training.seed}")
+
+
 def _config_to_resume(args):
     """(the run's own config, with any --config/--set changes that leave its trained state alone, run folder);
     (None, folder) for a run that already completed."""
@@ -153,11 +158,8 @@ def _config_to_resume(args):
     from .config import RESUME_SAFE_KEYS, TrialConfig, apply_overrides, differences, load_trial_config, \
         read_yaml, validate
 
-    if args.out:
-        out = Path(args.out)
-    else:
-        config = load_trial_config(args.config, args.set or [])
-        out = Path(f"runs/{Path(str(args.config or 'default')).stem}-seed{config.training.seed}")
+    out = Path(args.out) if args.out else _default_run_folder(args.config, load_trial_config(args.config,
+                                                                                             args.set or []))
     if not out.is_dir():
         raise SystemExit(f"mfcbench train --resume: nothing to resume at {out}: no such folder")
     if not (out / "config.yaml").exists():

@@ -16,6 +16,13 @@ PROBE_PREFIX = ".mfcbench-preflight-"
 PREFLIGHT_TIMEOUT_S = 120
 
 
+def alive_nodes() -> list[dict]:
+    """ray.nodes() of the connected cluster, without the nodes it lost."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
 def check_node(experiment_dir: str, data: list[tuple[str, str]]) -> dict:
     """On one node: {"host": hostname, "problems": ["path: why", ...]}. Writes and removes one probe file
     in experiment_dir; only checks that each data path exists (reading it is the trial's work)."""
@@ -44,7 +51,7 @@ def preflight(experiment_dir, data: list[tuple[str, str]], timeout_s: float = PR
 
     started = time.monotonic()
     remote_check = ray.remote(num_cpus=0, max_retries=0)(check_node)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = alive_nodes()
     pending = {remote_check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                .remote(str(experiment_dir), data): n for n in nodes}
     ready, not_ready = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)

@@ -23,6 +23,7 @@ from ray.tune.search import Searcher
 
 from .layout import JOURNAL_FILE, STOPPED_EARLY_FILE
 from .sweep import SweepConfig, max_total_epochs, resolved_base, with_overrides
+from .tune_trial import reported_status
 
 
 
@@ -71,14 +72,14 @@ def asha_scheduler(sweep: SweepConfig, trials: list[dict]):
 
 def trial_failed(result: dict | None) -> bool:
     """Whether an ended Tune trial's last result says its run failed, or it never reported."""
-    return not result or result.get("mfcbench_status") == "failed"
+    return not result or reported_status(result) == "failed"
 
 
 def stopped_early(result: dict | None) -> bool:
     """Whether an ended Tune trial was stopped by the scheduler: the trainable's last word on a run
     is "completed" or "failed", so a trial that ended while its last report said "running" did not
     end by itself."""
-    return bool(result) and result.get("mfcbench_status") == "running"
+    return reported_status(result) == "running"
 
 
 def stopped_early_marker():

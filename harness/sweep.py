@@ -323,8 +323,10 @@ EPOCHS_KEY = "training.epochs_per_step"
 
 
 def total_epochs(trial: dict) -> int:
-    """Epochs a trial config (a dict) trains for: the sum of training.epochs_per_step."""
-    return TrialConfig.model_validate(trial).training.total_epochs
+    """Epochs a trial config (a dict) trains for: the sum of training.epochs_per_step (validated
+    first only when it is unset: its default depends on the facets)."""
+    steps = trial["training"].get("epochs_per_step")
+    return sum(steps) if steps else TrialConfig.model_validate(trial).training.total_epochs
 
 
 def max_total_epochs(sweep: SweepConfig, trials: list[dict]) -> int:
@@ -444,6 +446,11 @@ def search_candidates(search: SearchConfig) -> list[tuple[str, dict[str, Any]]]:
     return candidates
 
 
+def _which_trials(sweep: SweepConfig, trial: dict) -> str:
+    """How a problem message names a checked trial: its variant, or a search's trials as a whole."""
+    return f"variant {trial['variant']!r}" if sweep.search is None else "the searched trials"
+
+
 def _device_problems(sweep: SweepConfig, trials: list[dict]) -> list[str]:
     """A fixed GPU index in a sweep: Ray gives each trial its GPU(s) (resources.gpu) and makes only those
     visible, so cuda:N would pick a GPU Ray did not assign, or one that is not there."""
@@ -451,13 +458,11 @@ def _device_problems(sweep: SweepConfig, trials: list[dict]) -> list[str]:
     for trial in trials:
         device = trial["trial"]["training"]["device"]
         if device.startswith("cuda:"):
-            who = f"variant {trial['variant']!r}" if sweep.search is None else "the searched trials"
-            problems.append(f"  training.device: {device!r} in {who} is not allowed in a sweep: Ray assigns each "
-                            "trial its GPU (resources.gpu); use cuda or auto (or cpu)")
+            problems.append(f"  training.device: {device!r} in {_which_trials(sweep, trial)} is not allowed in a "
+                            "sweep: Ray assigns each trial its GPU (resources.gpu); use cuda or auto (or cpu)")
         elif device == "cuda" and not sweep.resources.gpu:
-            who = f"variant {trial['variant']!r}" if sweep.search is None else "the searched trials"
-            problems.append(f"  training.device: 'cuda' in {who} needs resources.gpu > 0: Ray gives a trial no GPU "
-                            "unless it asks for one (or use device auto)")
+            problems.append(f"  training.device: 'cuda' in {_which_trials(sweep, trial)} needs resources.gpu > 0: "
+                            "Ray gives a trial no GPU unless it asks for one (or use device auto)")
     return problems
 
 
@@ -497,8 +502,7 @@ def _metric_problems(sweep: SweepConfig, trials: list[dict]) -> list[str]:
         for trial in trials:
             problem = metric_problem(metric, trial["trial"])
             if problem:
-                who = f"variant {trial['variant']!r}" if sweep.search is None else "the searched trials"
-                problems.append(f"  {field}: {metric!r} is never reported by {who}: {problem}")
+                problems.append(f"  {field}: {metric!r} is never reported by {_which_trials(sweep, trial)}: {problem}")
     return problems
 
 

@@ -171,7 +171,6 @@ def _user_name(uid: int) -> str:
 # host cannot be checked from here, so the message says how to remove it.
 
 
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

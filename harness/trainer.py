@@ -157,6 +157,11 @@ def read_metrics(path: Path) -> tuple[list[str], bool]:
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json")
 
 
+def _failure_message(error: Exception) -> str:
+    """A TrialFailed's own words; anything else with its type, which is often all that says what broke."""
+    return str(error) if isinstance(error, TrialFailed) else f"{type(error).__name__}: {error}"
+
+
 class ResumeFailed(TrialFailed):
     """The run cannot be continued; its folder was left exactly as it was."""
 
@@ -210,7 +215,7 @@ class Trial:
                 setup = self._set_up(state)
                 restored = self._restore(setup, state)
             except Exception as error:
-                message = str(error) if isinstance(error, TrialFailed) else f"{type(error).__name__}: {error}"
+                message = _failure_message(error)
                 raise ResumeFailed(
                     f"cannot resume {self.run_dir}: {message}\nNothing in {self.run_dir} was changed. To start "
                     f"over: mfcbench train --config {self.run_dir / 'config.yaml'} --out NEW_FOLDER") from error
@@ -224,7 +229,7 @@ class Trial:
             else:
                 final = self._run_training(setup, state, restored)
         except Exception as error:  # anywhere: data, model, device, first batch: a failure record stays
-            message = str(error) if isinstance(error, TrialFailed) else f"{type(error).__name__}: {error}"
+            message = _failure_message(error)
             self._write_result("failed", state, setup.device if setup else None, started, error=message)
             if isinstance(error, TrialFailed):
                 raise

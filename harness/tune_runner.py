@@ -21,12 +21,10 @@ import yaml
 from .files import write_json_atomic
 from .layout import GRID_TRIALS_FILE, MLFLOW_FILE, SWEEP_FILE
 from .log_text import clock, significant
-from .preflight import preflight
+from .preflight import alive_nodes, preflight
 from .sweep import SweepConfig, data_paths, effective_max_concurrent, resolved_base
 from .sweep_checks import SweepError, check_before_start, driver_lock
-from .tune_trial import trainable
-
-
+from .tune_trial import reported_status, trainable
 
 PROGRESS_EVERY_S = 60
 
@@ -99,7 +97,7 @@ def _event_printer(total: int, verbose: int = 0, grid_trials: list[dict] = ()):
             self._print(f"start    {self._tag(trial)} seed={seed}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if result.get("mfcbench_status") == "failed":  # printed by on_trial_complete, with its error
+            if reported_status(result) == "failed":  # printed by on_trial_complete, with its error
                 return
             now = time.monotonic()
             if not self.verbose and now - self.last_result.get(trial.trial_id, float("-inf")) < PROGRESS_EVERY_S:
@@ -133,7 +131,7 @@ def _event_printer(total: int, verbose: int = 0, grid_trials: list[dict] = ()):
 
 def _failed(trial) -> bool:
     """The trial ended itself with a failure (tune_trial's "failed" report), not lost by Ray."""
-    return (trial.last_result or {}).get("mfcbench_status") == "failed"
+    return reported_status(trial.last_result) == "failed"
 
 
 def _error_summary(trial) -> str:
@@ -260,7 +258,7 @@ def check_cluster_fits(cpu: float, gpu: float, allow_pending: bool = False) -> N
     `allow_pending`: an autoscaling cluster will add such nodes, so only say so."""
     import ray
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = alive_nodes()
     if any(n["Resources"].get("CPU", 0) >= cpu and n["Resources"].get("GPU", 0) >= gpu for n in nodes):
         return
     shown = [f"{n.get('NodeManagerAddress', '?')}: {n['Resources'].get('CPU', 0):g} CPU, "

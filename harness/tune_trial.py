@@ -33,6 +33,13 @@ from .files import write_json_atomic
 from .layout import TRIAL_META
 from .trial_device import trial_device
 
+STATUS = "mfcbench_status"  # the key of the result contract above
+
+
+def reported_status(result: dict | None) -> str | None:
+    """The status a trial's result reports: running, completed or failed (None: it never reported)."""
+    return (result or {}).get(STATUS)
+
 
 
 def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "every_evaluation",
@@ -58,7 +65,7 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
             config_dict["training"]["threads"] = max(1, int(params.get("cpus", 1)))
         config = TrialConfig.model_validate(config_dict)  # on this node: an npz file it cannot read, say
     except ValueError as error:  # deterministic (DeviceError, a config this node refuses): no retry
-        tune.report({"variant": variant, "seed": config_dict["training"].get("seed"), "mfcbench_status": "failed",
+        tune.report({"variant": variant, "seed": config_dict["training"].get("seed"), STATUS: "failed",
                      "error": str(error)})
         return
     seed = config.training.seed
@@ -76,7 +83,7 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
     if done.exists():
         previous = json.loads(done.read_text())
         if previous.get("status") == "completed":  # finished before the driver or actor died: not run again
-            tune.report({**finite_metrics(previous["final"]), **identity, "mfcbench_status": "completed"})
+            tune.report({**finite_metrics(previous["final"]), **identity, STATUS: "completed"})
             return
 
     last_epoch = config.training.total_epochs
@@ -88,7 +95,7 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
         if missing:  # raised inside the trainer, which records the failure in result.json
             raise trainer.TrialFailed(f"{', '.join(missing)} not finite at epoch {metrics.get('epoch')}")
         if report == "every_evaluation" and 0 < metrics["epoch"] < last_epoch:
-            tune.report({**numeric, **identity, "mfcbench_status": "running"})
+            tune.report({**numeric, **identity, STATUS: "running"})
         else:
             held.clear()
             held.update(numeric)
@@ -97,9 +104,9 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
         result = trainer.run_trial(config, run_dir, resume=(run_dir / "checkpoint.pt").exists(), reporter=reporter,
                                    log=lambda line: print(f"[seed {seed}] {line}", flush=True))
     except trainer.TrialFailed as error:
-        tune.report({**held, **identity, "mfcbench_status": "failed", "error": str(error)})
+        tune.report({**held, **identity, STATUS: "failed", "error": str(error)})
         return
-    tune.report({**(held or finite_metrics(result["final"])), **identity, "mfcbench_status": "completed"})
+    tune.report({**(held or finite_metrics(result["final"])), **identity, STATUS: "completed"})
 
 
 def _what_to_train(params: dict, grid_trials: Sequence[dict]) -> tuple[str, dict, dict]:

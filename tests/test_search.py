@@ -27,6 +27,11 @@ def write_sweep(path: Path, **fields) -> Path:
     return path
 
 
+def with_epochs(epochs: int) -> dict:
+    """TINY_BASE training for `epochs` epochs (one facet: one progressive step)."""
+    return {**TINY_BASE, "training": {**TINY_BASE["training"], "epochs_per_step": [epochs]}}
+
+
 def searcher_for(tmp_path, **search):
     from harness.search import ReplicatedOptunaSearch
 
@@ -239,12 +244,9 @@ def test_asha_search_prunes_in_the_study_and_reports_stopped_early(tmp_path, loc
 
     # One trial at a time, so each later suggestion meets the rungs the earlier ones recorded; a
     # learning rate of 1e-7 barely moves from the initial ELBO, 3e-3 improves it at once.
-    path = write_sweep(tmp_path / "search.yaml", max_concurrent=1, scheduler={"grace_period": 1},
+    path = write_sweep(tmp_path / "search.yaml", base=with_epochs(4), max_concurrent=1, scheduler={"grace_period": 1},
                        search={"space": {"training.lr": {"type": "categorical", "choices": [3e-3, 1e-7]}},
                                "num_samples": 4, "sampler": {"type": "random", "seed": 0}})
-    base = yaml.safe_load(path.read_text())
-    base["base"]["training"]["epochs_per_step"] = [4]
-    path.write_text(yaml.safe_dump(base))
     sweep, trials = load_sweep(path)
     results = run_sweep(sweep, trials, tmp_path / "results", verbose=0)
     experiment = tmp_path / "results" / "t"
@@ -273,12 +275,9 @@ def test_diverging_suggestions_inside_an_asha_search_fail_and_the_search_goes_on
     from harness.tune_runner import run_sweep
 
     # grace period = the whole run: ASHA reads every result but stops nothing
-    path = write_sweep(tmp_path / "search.yaml", max_concurrent=2, scheduler={"grace_period": 3},
+    path = write_sweep(tmp_path / "search.yaml", base=with_epochs(3), max_concurrent=2, scheduler={"grace_period": 3},
                        search={"space": {"training.lr": {"type": "categorical", "choices": [2e-3, 1e12]}},
                                "num_samples": 4, "sampler": {"type": "random", "seed": 1}})
-    base = yaml.safe_load(path.read_text())
-    base["base"]["training"]["epochs_per_step"] = [3]
-    path.write_text(yaml.safe_dump(base))
     sweep, trials = load_sweep(path)
     results = run_sweep(sweep, trials, tmp_path / "results", verbose=0)
     assert len(results) == 4 and all(r.error is None for r in results)

@@ -11,6 +11,7 @@ COMMANDS_GROUP = "mfcbench.commands"  # entry points: callables that add subcomm
 
 def _cmd_datasets(args) -> int:
     from .data import dataset_status
+    from .data.catalog import DEFAULT_VALIDATION_FRACTION
 
     if args.action == "show":
         return _show_dataset(args)
@@ -23,6 +24,8 @@ def _cmd_datasets(args) -> int:
     for name, available, summary in rows:
         print(f"{name:<{width}}  {'available' if available else 'missing  '}  {summary}")
     print(f"{'npz:PATH':<{width}}  {'-':<9}  your own images: arrays x, optional y_<factor>, x_test, y_test_<factor>")
+    print(f"(training holds out dataset.validation_fraction of the train images, {DEFAULT_VALIDATION_FRACTION:g} by "
+          "default, as the validation split)")
     return 0
 
 
@@ -156,7 +159,7 @@ def _config_to_resume(args):
     import json
 
     from .config import RESUME_SAFE_KEYS, TrialConfig, apply_overrides, differences, load_trial_config, \
-        read_yaml, validate
+        read_run_config, read_yaml, validate
 
     out = Path(args.out) if args.out else _default_run_folder(args.config, load_trial_config(args.config,
                                                                                              args.set or []))
@@ -165,7 +168,7 @@ def _config_to_resume(args):
     if not (out / "config.yaml").exists():
         raise SystemExit(f"mfcbench train --resume: nothing to resume at {out}: it holds no config.yaml, so it is "
                          "not a run folder")
-    saved = validate(TrialConfig, read_yaml(out / "config.yaml"), f"config of the run in {out}")
+    saved = read_run_config(out)  # a run from before the validation split keeps training on all its images
     try:
         status = json.loads((out / "result.json").read_text()).get("status")
     except (OSError, ValueError, AttributeError):

@@ -7,6 +7,7 @@ before any data is loaded.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 from models.config import ModelConfig
 
 from .data import DatasetError, DatasetShape, check_dataset_name, dataset_shape
+from .data.catalog import DEFAULT_VALIDATION_FRACTION
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -31,7 +33,12 @@ class DatasetConfig(BaseModel):
     name: str = "digits"
     data_root: Optional[str] = Field(default=None, description="folder (or 3dshapes.h5) holding the files")
     download: bool = Field(default=False, description="let torchvision download mnist/svhn (needs internet)")
-    split_seed: int = Field(default=0, description="seeds random train/test splits, independent of the model seed")
+    split_seed: int = Field(default=0, description="seeds the random train/validation/test splits, independent of "
+                                                   "the model seed")
+    validation_fraction: float = Field(
+        default=DEFAULT_VALIDATION_FRACTION,
+        description="share of the training images held out as the validation split, for choosing models without "
+                    "the test labels; training never sees them. 0: no validation split")
 
     @field_validator("name")
     @classmethod
@@ -41,6 +48,14 @@ class DatasetConfig(BaseModel):
         except DatasetError as error:
             raise ValueError(str(error)) from None
         return name
+
+    @field_validator("validation_fraction")
+    @classmethod
+    def _fraction(cls, fraction: float) -> float:
+        if not 0 <= fraction < 1:  # NaN fails too
+            raise ValueError("must be in [0, 1): the share of the training images held out for validation, "
+                             "0 for no validation split")
+        return fraction
 
 
 DEFAULT_EPOCHS_PER_STEP = 10
@@ -131,7 +146,7 @@ def data_limit_problems(config: TrialConfig, shape: DatasetShape) -> list[str]:
     """Values that cannot work, or would only burn memory and time, on data of this shape.
 
     Checked when the config is validated, from the dataset's known sizes (npz: its array
-    headers), so they fail before any data is loaded.
+    headers) less the validation split, so they fail before any data is loaded.
     """
     name, m, t = config.dataset.name, config.model, config.training
     problems = []
@@ -139,33 +154,58 @@ def data_limit_problems(config: TrialConfig, shape: DatasetShape) -> list[str]:
         problems.append(f"dataset.name: {name} has {shape.n_train} training and {shape.n_test} test images; "
                         "needs at least 2 and 1")
         return problems
-    if t.batch_size > shape.n_train:
-        problems.append(f"training.batch_size: {t.batch_size} is larger than the training set of {name} "
-                        f"({shape.n_train} images); allowed 1..{shape.n_train}")
+    fraction = config.dataset.validation_fraction
+    shape = shape.with_validation(fraction)
+    n = shape.n_train
+    if fraction > 0 and (shape.n_val < 2 or n < 2):
+        problems.append(f"dataset.validation_fraction: {fraction} of the {n + shape.n_val} training images of {name} "
+                        f"leaves {shape.n_val} for validation and {n} for training; each needs at least 2: allowed "
+                        f"{allowed_validation_fractions(n + shape.n_val)}")
+        return problems
+    images = training_images(name, shape)
+    if t.batch_size > n:
+        problems.append(f"training.batch_size: {t.batch_size} is larger than the {images}; "
+                        f"allowed 1..{n}")
     for j, k in enumerate(m.n_clusters):
-        if k > shape.n_train:
-            problems.append(f"model.n_clusters.{j}: {k} clusters for {shape.n_train} training images of {name}; "
-                            f"allowed 1..{shape.n_train}")
+        if k > n:
+            problems.append(f"model.n_clusters.{j}: {k} clusters for {images}; allowed 1..{n}")
     if config.trains:
         for j, d in enumerate(m.latent_dims):
             if d > shape.n_pixels:
                 problems.append(f"model.latent_dims.{j}: {d} exceeds the {shape.n_pixels} values of one "
                                 f"{'x'.join(map(str, shape.image_shape))} image of {name}; allowed 1..{shape.n_pixels}")
-    elif m.features == "pca" and m.pca_components > min(shape.n_train, shape.n_pixels):
-        limit = min(shape.n_train, shape.n_pixels)
-        problems.append(f"model.pca_components: {m.pca_components} for {name} ({shape.n_pixels} pixels, "
-                        f"{shape.n_train} training images); allowed 1..{limit}")
-    if config.progressive_steps and t.fade_in_batches and t.batch_size <= shape.n_train:
-        per_epoch = batches_per_epoch(shape.n_train, t.batch_size)
+    elif m.features == "pca" and m.pca_components > min(n, shape.n_pixels):
+        problems.append(f"model.pca_components: {m.pca_components} for {shape.n_pixels} pixels and {images}; "
+                        f"allowed 1..{min(n, shape.n_pixels)}")
+    if config.progressive_steps and t.fade_in_batches and t.batch_size <= n:
+        per_epoch = batches_per_epoch(n, t.batch_size)
         for s, epochs in enumerate(t.epochs_per_step[1:], start=2):
             if t.fade_in_batches > epochs * per_epoch:
                 problems.append(
                     f"training.fade_in_batches: {t.fade_in_batches} is longer than progressive step {s}, which has "
                     f"{epochs * per_epoch} batches ({epochs} epochs x {per_epoch} batches of {t.batch_size} from "
-                    f"{shape.n_train} images): the facet would never be fully faded in; allowed 0..{epochs * per_epoch}"
+                    f"{images}): the facet would never be fully faded in; allowed 0..{epochs * per_epoch}"
                     " (or leave it unset: half of the step)")
                 break
     return problems
+
+
+def allowed_validation_fractions(n_train: int) -> str:
+    """The validation fractions that leave at least 2 validation and 2 training images of `n_train`,
+    in four decimals rounded inwards (so both ends named are allowed)."""
+    low, high = math.ceil(2 / n_train * 1e4) / 1e4, math.floor((n_train - 2) / n_train * 1e4) / 1e4
+    if n_train < 4 or low > high:
+        return "0 (no validation split: too few training images for one)"
+    return f"0 (no validation split), or {low:g} to {high:g}"
+
+
+def training_images(name: str, shape: DatasetShape) -> str:
+    """'1294 training images of digits (1438 minus 144 for validation)': what training sees, said so
+    that a limit that seems to contradict the dataset's size explains itself."""
+    if not shape.n_val:
+        return f"{shape.n_train} training images of {name}"
+    return (f"{shape.n_train} training images of {name} ({shape.n_train + shape.n_val} minus {shape.n_val} "
+            "for validation)")
 
 
 def format_errors(error: ValidationError, prefix: str = "", indent: str = "  ") -> str:
@@ -252,6 +292,25 @@ def read_yaml(source: str | Path) -> dict:
 def load_trial_config(source: str | Path | None = None, overrides: list[str] = ()) -> TrialConfig:
     data = read_yaml(source) if source is not None else {}
     return validate(TrialConfig, apply_overrides(data, list(overrides)), "trial config")
+
+
+# What a run folder's config.yaml means by a key it lacks, where that differs from today's default:
+# runs written before the key existed ran without it (before the validation split, on the whole
+# training set), and resuming them must not change that.
+LEGACY_RUN_DEFAULTS = {("dataset", "validation_fraction"): 0.0}
+
+
+def read_run_config(run: str | Path) -> TrialConfig:
+    """The config a run folder (or its config.yaml) was trained with, keys it lacks read as the
+    run meant them (LEGACY_RUN_DEFAULTS), not as today's defaults."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / "config.yaml"
+    data = read_yaml(path)
+    for (section, key), value in LEGACY_RUN_DEFAULTS.items():
+        if isinstance(data.get(section, {}), dict):
+            data.setdefault(section, {}).setdefault(key, value)
+    return validate(TrialConfig, data, f"config of the run in {path.parent}")
 
 
 def dump(config: BaseModel) -> str:

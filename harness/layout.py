@@ -11,6 +11,8 @@ and training code).
   trial_<id>/mfcbench-trial.json   the trial's variant, overrides, config and every start (node, pid)
   trial_<id>/runs/seed<s>/   the trial's run folder (one seed per trial): config.yaml, metrics.jsonl,
                           checkpoint.pt, result.json, tensorboard/
+  .../seed<s>/assignments.npz   the latest evaluation's cluster assignments, argmax_c q(c_j|x) per facet,
+                          of the validation and test images (harness.agreement reads them)
   trial_<id>/mfcbench-stopped-early.json   written when the scheduler (ASHA) stopped the trial early
   trial_<id>/...          Ray Tune's own files: error.txt for a lost actor; with `ray_loggers: true`
                           also params.json, result.json, progress.csv and events
@@ -24,3 +26,11 @@ MLFLOW_FILE = "mlflow.db"
 GRID_TRIALS_FILE = "mfcbench-grid-trials.json"
 TRIAL_META = "mfcbench-trial.json"
 STOPPED_EARLY_FILE = "mfcbench-stopped-early.json"
+ASSIGNMENTS_FILE = "assignments.npz"
+
+
+def run_folder(experiment_dir, trial_id: str, seed: int):
+    """The run folder of one seed of a sweep trial: `<experiment_dir>/trial_<id>/runs/seed<s>`."""
+    from pathlib import Path
+
+    return Path(experiment_dir) / f"trial_{trial_id}" / "runs" / f"seed{seed}"

@@ -53,3 +53,28 @@ def clustering_metrics(probs: list[np.ndarray], factors: dict[str, np.ndarray],
             out[f"nmi/facet{j}/{factor}"] = float(normalized_mutual_info_score(y, assignment))
             out[f"ari/facet{j}/{factor}"] = float(adjusted_rand_score(y, assignment))
     return out
+
+
+SILHOUETTE_SAMPLE = 2000  # points scored: its cost grows with the square of their number
+
+
+def silhouette(latents: np.ndarray, assignment: np.ndarray, seed: int) -> float | None:
+    """Silhouette score of points `latents` (N, d) under cluster labels `assignment` (label-free: no
+    factor is read), on a seeded sample of at most SILHOUETTE_SAMPLE points.
+
+    A facet that puts every point into one cluster scores -1, the worst silhouette: sklearn leaves
+    one cluster undefined, but as a selection criterion a collapsed facet must rank last, not make
+    its trial fail for a missing objective. None when it is undefined otherwise (as many clusters
+    as points, or a sample that drew a single cluster; non-finite latents)."""
+    from sklearn.metrics import silhouette_score
+
+    n, used = len(assignment), len(np.unique(assignment))
+    if not np.isfinite(latents).all() or used >= n:
+        return None
+    if used < 2:
+        return -1.0
+    try:
+        return float(silhouette_score(latents, assignment, sample_size=min(SILHOUETTE_SAMPLE, n),
+                                      random_state=seed % 2 ** 32))
+    except ValueError:  # the sample of a larger set drew fewer than 2 of its clusters
+        return None

@@ -5,8 +5,12 @@ ReplicatedOptunaSearch is a Ray Tune Searcher over an Optuna study (ask/tell) ke
 locking is unreliable). One suggestion (`study.ask()`) with `search.replicates` R becomes R Tune
 trials that run in parallel, seeds base seed + 0..R-1. When all R have ended the study is told:
   COMPLETE  the mean objective over the seeds that finished, when at least half of them finished;
+            a seed agreement objective (val/agreement, val/agreement/facet<j>) is not in any trial's
+            results: it is computed here, by harness.agreement, from the assignments.npz of the run
+            folders of the seeds that finished (at least two);
   FAIL      fewer than half finished (a seed fails when its trial errors, or its last result says
-            `mfcbench_status: failed` or lacks a finite objective);
+            `mfcbench_status: failed` or lacks a finite objective), or a seed agreement objective
+            has fewer than two finished seeds to compare;
   PRUNED    a seed was stopped early by the scheduler (with its last objective value as the
             trial's intermediate value, single objective only: Optuna's rule).
 The seeds that failed or were stopped are recorded as user attributes of the Optuna trial.
@@ -21,8 +25,9 @@ from pathlib import Path
 
 from ray.tune.search import Searcher
 
-from .layout import JOURNAL_FILE, STOPPED_EARLY_FILE
-from .sweep import SweepConfig, max_total_epochs, resolved_base, with_overrides
+from .agreement import suggestion_agreement
+from .layout import JOURNAL_FILE, STOPPED_EARLY_FILE, run_folder
+from .sweep import SweepConfig, is_agreement_metric, max_total_epochs, resolved_base, with_overrides
 from .tune_trial import reported_status
 
 
@@ -109,10 +114,13 @@ class ReplicatedOptunaSearch(Searcher):
     """
 
     def __init__(self, sweep: SweepConfig, experiment_dir: Path):
-        metrics, modes = sweep.search.metrics, sweep.search.modes
-        super().__init__(metric=metrics if len(metrics) > 1 else metrics[0],
-                         mode=modes if len(modes) > 1 else modes[0])
         self.sweep, self.experiment_dir = sweep, Path(experiment_dir)
+        # Tune is told only the objectives its trials report (with strict metric checking on, it would
+        # fail a result without one); the seed agreement is computed here.
+        metrics = self.reported_metrics
+        modes = [mode for metric, mode in zip(sweep.search.metrics, sweep.search.modes) if metric in metrics]
+        super().__init__(metric=metrics if len(metrics) > 1 else next(iter(metrics), None),
+                         mode=modes if len(modes) > 1 else next(iter(modes), None))
         self.base = resolved_base(sweep.base)
         self._study = None
         # Suggestions whose seeds are not all handed out yet: [optuna number, params, next replicate].
@@ -121,8 +129,8 @@ class ReplicatedOptunaSearch(Searcher):
         self.seed_of: dict[str, list[int]] = {}  # Tune trial id -> [optuna number, replicate]
         self.errored: dict[str, list[int]] = {}  # the same, for trials Ray lost: --retry-errored may rerun them
         self.max_concurrent = 0  # 0: no limit of our own (set_max_concurrency)
-        # optuna number -> {"params", "values": [per finished seed], "failed": [seeds], "stopped": [[seed, epoch,
-        # values]], "ended": count}
+        # optuna number -> {"params", "values": [per finished seed: its reported objectives], "finished": [[Tune
+        # trial id, seed] per finished seed], "failed": [seeds], "stopped": [[seed, epoch, values]], "ended": count}
         self.suggestions: dict[int, dict] = {}
 
     def __getstate__(self) -> dict:
@@ -139,6 +147,11 @@ class ReplicatedOptunaSearch(Searcher):
     def replicates(self) -> int:
         return self.sweep.search.replicates
 
+    @property
+    def reported_metrics(self) -> list[str]:
+        """The objectives that trials report: all but the seed agreement."""
+        return [metric for metric in self.sweep.search.metrics if not is_agreement_metric(metric)]
+
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         """The limit (TuneConfig.max_concurrent_trials) is kept here, not in the ConcurrencyLimiter
         Tune would wrap around this searcher: that limiter drops the results of trials it does not
@@ -154,8 +167,8 @@ class ReplicatedOptunaSearch(Searcher):
                 return Searcher.FINISHED
             trial = self.study.ask(_distributions(self.sweep))
             self.asked += 1
-            self.suggestions[trial.number] = {"params": trial.params, "values": [], "failed": [], "stopped": [],
-                                              "ended": 0}
+            self.suggestions[trial.number] = {"params": trial.params, "values": [], "finished": [], "failed": [],
+                                              "stopped": [], "ended": 0}
             self.unassigned.append([trial.number, trial.params, 0])
         slot = self.unassigned[0]
         number, params, replicate = slot
@@ -185,6 +198,7 @@ class ReplicatedOptunaSearch(Searcher):
             outcome["stopped"].append([seed, result.get("epoch"), values])
         else:
             outcome["values"].append(values)
+            outcome["finished"].append([trial_id, seed])
         outcome["ended"] += 1
         if outcome["ended"] == self.replicates:
             self._tell(number, outcome)
@@ -199,25 +213,45 @@ class ReplicatedOptunaSearch(Searcher):
         if values is None:
             return
         outcome = self.suggestions[number]
-        outcome["failed"].remove(self.base["training"]["seed"] + replicate)
+        seed = self.base["training"]["seed"] + replicate
+        outcome["failed"].remove(seed)
         outcome["values"].append(values)
+        outcome["finished"].append([trial_id, seed])
         if outcome["ended"] < self.replicates or 2 * len(outcome["values"]) < self.replicates or outcome["stopped"]:
             return  # still open (told when its last seed ends), or still not enough seeds for a value
         if any(other == number for other, _ in self.errored.values()):
             return  # another lost seed of it may still be rerun: one new trial, once all are back
+        objective = self._suggestion_objective(outcome)
+        if objective is None:
+            return
         import optuna
 
-        means = [statistics.fmean(column) for column in zip(*outcome["values"])]
         self.study.add_trial(optuna.trial.create_trial(
             params=outcome["params"], distributions=_distributions(self.sweep),
-            **({"values": means} if len(means) > 1 else {"value": means[0]}),
+            **({"values": objective} if len(objective) > 1 else {"value": objective[0]}),
             user_attrs={"retry_of_trial": number, "failed_seeds": outcome["failed"], "stopped_seeds": []}))
 
     def _objective(self, result: dict) -> list[float] | None:
-        """The objective value(s) in a result, or None when one is missing or not finite."""
-        values = [result.get(metric) for metric in self.sweep.search.metrics]
+        """The reported objective value(s) in a result (all but the seed agreement), or None when one is
+        missing or not finite."""
+        values = [result.get(metric) for metric in self.reported_metrics]
         if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
             return [float(v) for v in values]
+        return None
+
+    def _suggestion_objective(self, outcome: dict) -> list[float] | None:
+        """A suggestion's objective values in the order of search.metrics: the mean over its finished
+        seeds of each reported one, and each seed agreement computed from their run folders; None when
+        an agreement cannot be computed (fewer than two finished seeds kept validation assignments)."""
+        means = (statistics.fmean(column) for column in zip(*outcome["values"]))
+        agreement = {}
+        if any(is_agreement_metric(metric) for metric in self.sweep.search.metrics):
+            agreement = suggestion_agreement([run_folder(self.experiment_dir, trial_id, seed)
+                                              for trial_id, seed in outcome["finished"]])
+        values = [agreement.get(metric) if is_agreement_metric(metric) else next(means)
+                  for metric in self.sweep.search.metrics]
+        if all(value is not None and math.isfinite(value) for value in values):
+            return values
         return None
 
     def _tell(self, number: int, outcome: dict) -> None:
@@ -238,8 +272,11 @@ class ReplicatedOptunaSearch(Searcher):
                 trial.report(values[0], step=epoch)
             self.study.tell(number, state=TrialState.PRUNED)
         else:
-            means = [statistics.fmean(column) for column in zip(*outcome["values"])]
-            self.study.tell(number, means if len(means) > 1 else means[0])
+            objective = self._suggestion_objective(outcome)
+            if objective is None:
+                self.study.tell(number, state=TrialState.FAIL)
+            else:
+                self.study.tell(number, objective if len(objective) > 1 else objective[0])
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_text(json.dumps(
@@ -253,6 +290,8 @@ class ReplicatedOptunaSearch(Searcher):
         self.unassigned, self.asked, self.seed_of = state["unassigned"], state["asked"], state["seed_of"]
         self.errored = state.get("errored", {})
         self.suggestions = {int(k): v for k, v in state["suggestions"].items()}
+        for outcome in self.suggestions.values():  # saved before finished seeds were recorded
+            outcome.setdefault("finished", [])
         # A suggestion asked after the last save has no Tune trials and never will: close it.
         for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in self.suggestions:

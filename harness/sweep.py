@@ -5,6 +5,7 @@
     variants: {ladder: {model.architecture: ladder-mlp}, shared: {model.architecture: shared-mlp}}
     grid: {training.seed: [0, 1, 2]}                                 # Cartesian product with variants
     search: {...}                                                    # or: Optuna over a space
+    selection: validation                                            # or authors-protocol (objectives on the test set)
     scheduler: {type: asha, grace_period: 2, reduction_factor: 2}
     resources: {cpu: 1, gpu: 0.25}
     max_concurrent: 4
@@ -30,14 +31,25 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, \
     model_validator
 
+from .agreement import AGREEMENT_OBJECTIVE
 from .config import ConfigError, TrialConfig, format_errors, read_yaml
 from .data import DatasetError, dataset_shape
 
-UNSUPERVISED_METRICS = ("elbo", "log_px", "train_loss")
-METRIC_PATTERN = re.compile(r"^((acc|nmi|ari)/facet\d+/\w+|clusters_used/facet\d+|(kl_z|kl_c)/facet\d+)$")
-# What harness.trainer.evaluate reports for k-means / GMM: clustering metrics only (no ELBO terms).
+# What harness.trainer.evaluate reports, measured on the test images (the names of the paper's tables).
+TEST_METRIC_PATTERN = re.compile(
+    r"^(elbo|log_px|(acc|nmi|ari)/facet\d+/\w+|clusters_used/facet\d+|(kl_z|kl_c)/facet\d+)$")
+# The same names prefixed val/ on the validation images (carved from the training set, see
+# dataset.validation_fraction), and the label-free silhouette of each facet's clusters there.
+VALIDATION_PREFIX = "val/"
+SILHOUETTE_PATTERN = re.compile(r"^val/silhouette/facet\d+$")
+# Seed agreement: not reported by a trial but computed by the searcher from the assignments.npz of a
+# suggestion's seeds (harness.agreement), so a search objective only, with search.replicates >= 2.
+AGREEMENT_PATTERN = re.compile(rf"^{re.escape(AGREEMENT_OBJECTIVE)}(/facet\d+)?$")
+TRAINING_METRICS = ("train_loss",)
+# What harness.trainer.evaluate reports for k-means / GMM: clustering metrics only (no ELBO terms,
+# no silhouette); they keep assignments.npz, so their seed agreement exists too.
 BASELINE_MODELS = ("kmeans", "gmm")
-BASELINE_METRIC_PATTERN = re.compile(r"^((acc|nmi|ari)/facet\d+/\w+|clusters_used/facet\d+)$")
+BASELINE_METRIC_PATTERN = re.compile(r"^(val/)?((acc|nmi|ari)/facet\d+/\w+|clusters_used/facet\d+)$")
 
 
 class SearchParameter(BaseModel):
@@ -109,10 +121,11 @@ class SearchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     space: dict[str, SearchParameter] = Field(min_length=1)
-    metrics: list[str] = Field(default_factory=lambda: ["elbo"], min_length=1)
+    metrics: list[str] = Field(default_factory=lambda: ["val/elbo"], min_length=1)
     modes: list[Literal["min", "max"]] = Field(default_factory=lambda: ["max"], min_length=1)
     num_samples: PositiveInt = 20
-    replicates: PositiveInt = Field(default=1, description="seeds per suggestion; the objective is their mean")
+    replicates: PositiveInt = Field(default=1, description="seeds per suggestion; the objective is their mean "
+                                                           "(val/agreement: their mean pairwise ARI)")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
 
     @field_validator("metrics")
@@ -133,7 +146,7 @@ class SchedulerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["asha"] = "asha"
-    metric: str = "elbo"
+    metric: str = "val/elbo"
     mode: Literal["min", "max"] = "max"
     grace_period: PositiveInt = 1
     reduction_factor: float = Field(default=2.0, gt=1)
@@ -157,6 +170,10 @@ class SweepConfig(BaseModel):
 
     name: str
     description: str = ""
+    selection: Literal["validation", "authors-protocol"] = Field(
+        default="validation", description="validation: search and scheduler objectives may not be test metrics "
+                                          "(val/..., train_loss); authors-protocol: they may, as in the paper, "
+                                          "which selects on the test set")
     base: Union[dict, str] = Field(default_factory=dict,
                                    description="a trial config (the schema of `mfcbench train`), or a preset name "
                                                "or trial YAML path to start from")
@@ -214,9 +231,29 @@ def experiment_name_problem(name: str) -> str | None:
 
 
 def check_metric_name(metric: str) -> None:
-    if metric not in UNSUPERVISED_METRICS and not METRIC_PATTERN.match(metric):
-        raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(UNSUPERVISED_METRICS)} "
-                         "or acc|nmi|ari/facet<j>/<factor>, kl_z|kl_c|clusters_used/facet<j>")
+    if not (metric in TRAINING_METRICS or is_test_metric(metric) or is_validation_metric(metric)):
+        raise ValueError(f"unknown metric {metric!r}; use val/<metric> (validation images) or <metric> (test "
+                         "images), where <metric> is elbo, log_px, acc|nmi|ari/facet<j>/<factor> or "
+                         "kl_z|kl_c|clusters_used/facet<j>; or val/silhouette/facet<j>, val/agreement, "
+                         "val/agreement/facet<j> or train_loss")
+
+
+def is_test_metric(metric: str) -> bool:
+    """Whether `metric` is measured on the test images."""
+    return bool(TEST_METRIC_PATTERN.match(metric))
+
+
+def is_validation_metric(metric: str) -> bool:
+    """Whether `metric` is measured on the validation images (seed agreement included)."""
+    if not metric.startswith(VALIDATION_PREFIX):
+        return False
+    return (is_test_metric(metric.removeprefix(VALIDATION_PREFIX))
+            or bool(SILHOUETTE_PATTERN.match(metric) or AGREEMENT_PATTERN.match(metric)))
+
+
+def is_agreement_metric(metric: str) -> bool:
+    """Whether `metric` is a seed agreement, which the searcher computes instead of a trial reporting it."""
+    return bool(AGREEMENT_PATTERN.match(metric))
 
 
 def set_path(data: dict, dotted: str, value: Any) -> None:
@@ -371,8 +408,9 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, list[dict]]:
     """Read and fully validate a sweep file; returns the sweep and, for grids, every trial's params.
 
     Every problem is reported in one ConfigError, by key path, before anything starts: every grid
-    trial, every categorical choice and both ends of every searched range as trial configs, and
-    every metric name against what those trials will report. Every path in the returned sweep and
+    trial, every categorical choice and both ends of every searched range as trial configs, every
+    objective against the sweep's selection, and every metric name against what those trials will
+    report. Every path in the returned sweep and
     trials is absolute (see _with_absolute_paths).
     """
     sweep = _parse_sweep_file(Path(path))
@@ -490,15 +528,29 @@ def data_paths(sweep: SweepConfig, trials: list[dict]) -> list[tuple[str, str]]:
     return list(found)
 
 
-def _metric_problems(sweep: SweepConfig, trials: list[dict]) -> list[str]:
-    """Objective and scheduler metrics the given trials will never report."""
+def objectives(sweep: SweepConfig) -> list[tuple[str, str]]:
+    """(field, metric) of every search and scheduler objective of the sweep."""
     uses = []
     if sweep.search is not None:
         uses += [("search.metrics", metric) for metric in sweep.search.metrics]
     if sweep.scheduler is not None:
         uses.append(("scheduler.metric", sweep.scheduler.metric))
+    return uses
+
+
+def reported_objectives(sweep: SweepConfig) -> list[str]:
+    """The objectives every trial must report (a trial where one is not finite fails): all but the seed
+    agreement, which the searcher computes from a suggestion's run folders."""
+    return sorted({metric for _, metric in objectives(sweep) if not is_agreement_metric(metric)})
+
+
+def _metric_problems(sweep: SweepConfig, trials: list[dict]) -> list[str]:
+    """Objectives the sweep may not select on, and objectives the given trials will never report."""
     problems = []
-    for field, metric in uses:
+    for field, metric in objectives(sweep):
+        problem = objective_problem(sweep, field, metric)
+        if problem:
+            problems.append(f"  {field}: {problem}")
         for trial in trials:
             problem = metric_problem(metric, trial["trial"])
             if problem:
@@ -506,22 +558,48 @@ def _metric_problems(sweep: SweepConfig, trials: list[dict]) -> list[str]:
     return problems
 
 
-def metric_problem(metric: str, trial: dict) -> str | None:
-    """Why a trial (a validated config dict) never reports `metric`, or None if it does.
+def objective_problem(sweep: SweepConfig, field: str, metric: str) -> str | None:
+    """Why `metric` cannot be the sweep's objective at `field` (search.metrics or scheduler.metric),
+    whatever the trials: a test metric under selection `validation`, or a seed agreement used where no
+    suggestion has several seeds to compare. None if it can."""
+    if sweep.selection == "validation" and is_test_metric(metric):
+        return (f"{metric!r} is measured on the test images, and selecting on the test set makes the reported "
+                f"test numbers optimistic; use 'val/{metric}' (the same on validation images carved from the "
+                "training set; needs dataset.validation_fraction > 0), or set `selection: authors-protocol` "
+                "to replicate the paper's protocol (selection on the test set)")
+    if is_agreement_metric(metric) and field == "scheduler.metric":
+        return (f"{metric!r} cannot be a scheduler metric: it compares the finished seeds of a suggestion, and "
+                "ASHA ranks single trials while they run; use it in search.metrics (with search.replicates >= 2) "
+                "and a scheduler metric every trial reports, such as val/elbo")
+    if is_agreement_metric(metric) and sweep.search.replicates < 2:
+        return (f"{metric!r} compares the seeds of each suggestion, so it needs search.replicates >= 2 "
+                f"(got {sweep.search.replicates})")
+    return None
 
-    Mirrors harness.trainer.evaluate and harness.metrics.clustering_metrics: baselines report only
-    clustering metrics; facets are 1..J; acc/nmi/ari exist for factors with at least two values.
+
+def metric_problem(metric: str, trial: dict) -> str | None:
+    """Why a trial (a validated config dict) never reports `metric`, or None if it does (for a seed
+    agreement: never keeps the validation assignments it is computed from).
+
+    Mirrors harness.trainer.evaluate and harness.metrics.clustering_metrics: val/ metrics need
+    validation images; baselines report only clustering metrics; facets are 1..J; acc/nmi/ari exist
+    for factors with at least two values.
     """
     model, dataset = trial["model"], trial["dataset"]["name"]
-    if model["name"] in BASELINE_MODELS and not BASELINE_METRIC_PATTERN.match(metric):
-        return (f"{model['name']} is a baseline and reports only acc|nmi|ari/facet1/<factor> and "
-                "clusters_used/facet1 (no ELBO, KL terms or training loss)")
+    if metric.startswith(VALIDATION_PREFIX) and trial["dataset"]["validation_fraction"] == 0:
+        return ("dataset.validation_fraction is 0, so there are no validation images; set it above 0 "
+                "(default 0.1)")
+    if model["name"] in BASELINE_MODELS and not (BASELINE_METRIC_PATTERN.match(metric)
+                                                 or is_agreement_metric(metric)):
+        return (f"{model['name']} is a baseline and reports only [val/]acc|nmi|ari/facet1/<factor> and "
+                "[val/]clusters_used/facet1 (no ELBO, KL terms, silhouette or training loss)")
     match = re.search(r"facet(\d+)", metric)
     if match:
         j, n_facets = int(match.group(1)), len(model["latent_dims"])
         if not 1 <= j <= n_facets:
             return f"facet {j} does not exist: model.latent_dims={model['latent_dims']} gives facets 1..{n_facets}"
-    factor = metric.split("/")[2] if metric.count("/") == 2 else None
+    name = metric.removeprefix(VALIDATION_PREFIX)
+    factor = name.split("/")[2] if name.count("/") == 2 else None
     if factor is not None:
         try:
             factors = dataset_shape(dataset).factors
@@ -564,12 +642,24 @@ def describe(sweep: SweepConfig, trials: list[dict]) -> str:
             span = p.choices if p.type == "categorical" else f"[{p.low:g}, {p.high:g}]" + (" log" if p.log else "")
             lines.append(f"  {key}: {p.type} {span}")
     lines += _concurrency_lines(sweep)
+    lines.append(_selection_line(sweep))
     if sweep.scheduler:
         lines.append(f"scheduler: ASHA on {sweep.scheduler.metric} ({sweep.scheduler.mode}), grace period "
                      f"{sweep.scheduler.grace_period}, reduction factor {sweep.scheduler.reduction_factor:g}, "
                      f"max_t {max_total_epochs(sweep, trials)} epochs")
     lines += [f"data: {what} {path}" for what, path in data_paths(sweep, trials)]
     return "\n".join(lines)
+
+
+def _selection_line(sweep: SweepConfig) -> str:
+    """What the search and scheduler objectives are measured on."""
+    on_test = [metric for _, metric in objectives(sweep) if is_test_metric(metric)]
+    if on_test:  # only under selection authors-protocol: load_sweep refuses them otherwise
+        return (f"selection: {sweep.selection}, selects on the TEST set (the authors' protocol): "
+                f"{', '.join(dict.fromkeys(on_test))} measured on the test images")
+    if not objectives(sweep):
+        return f"selection: {sweep.selection} (no search or scheduler objective)"
+    return f"selection: {sweep.selection}, no objective is measured on the test images"
 
 
 def _concurrency_lines(sweep: SweepConfig) -> list[str]:

@@ -4,6 +4,8 @@ Files in the run folder:
   config.yaml      the fully resolved trial config
   metrics.jsonl    one line per evaluation (no timings, so a CPU trial's file is a function of its seed)
   checkpoint.pt    last evaluation's state; `torch.load(path, weights_only=True)` reads it
+  assignments.npz  last evaluation's argmax_c q(c_j | x) of every validation and test image, per facet
+                   (`val_facet<j>`, `test_facet<j>`, `epoch`); harness.agreement reads it
   result.json      final metrics and provenance, or the failure record
 """
 from __future__ import annotations
@@ -27,9 +29,10 @@ from models import ClusteringBaseline, build_model
 
 from .config import TrialConfig, batches_per_epoch, dump
 from .data import Dataset, batches, load_dataset
-from .files import write_json_atomic
+from .files import write_json_atomic, write_npz_atomic
+from .layout import ASSIGNMENTS_FILE
 from .log_text import clock, significant
-from .metrics import clustering_metrics
+from .metrics import clustering_metrics, silhouette
 
 Reporter = Callable[[dict, Path], None]  # (metrics of one evaluation, run folder with checkpoint.pt)
 EVAL_SEED_OFFSET = 7919  # evaluation draws its own samples, so evaluating never shifts training
@@ -94,36 +97,72 @@ def provenance(device: torch.device) -> dict:
     }
 
 
+@dataclass
+class SplitEvaluation:
+    """One split's evaluation: ELBO terms averaged over its images (none for baselines), q(c_j | x)
+    per facet, and the posterior means of z_j (none for baselines)."""
+
+    terms: dict[str, float]
+    probs: list[np.ndarray]
+    means: Optional[list[np.ndarray]]
+
+
 @torch.no_grad()
-def evaluate(model, data: Dataset, batch_size: int, seed: int) -> dict:
-    """Test ELBO and its terms (all facets active) and clustering metrics at the posterior mean."""
+def _evaluate_split(model, x: torch.Tensor, batch_size: int, seed: int) -> SplitEvaluation:
+    """ELBO and its terms (all facets active), q(c_j | x) and the posterior means of z_j over `x`.
+
+    The one-sample ELBO draws from its own generator, so evaluating never shifts training's RNG.
+    """
     if isinstance(model, ClusteringBaseline):
-        probs = [p.numpy() for p in model.cluster_probs(data.x_test)]
-        out = {}
-    else:
-        was_training = model.training
-        model.eval()
-        generator = torch.Generator(device=data.x_test.device).manual_seed(seed + EVAL_SEED_OFFSET)
-        sums: dict[str, float] = {}
-        parts: list[list[torch.Tensor]] = [[] for _ in range(model.n_facets)]
-        ones = torch.ones_like(model.alphas)
-        for start in range(0, len(data.x_test), batch_size):
-            x = data.x_test[start:start + batch_size]
-            terms = model.loss_terms(x, alphas=ones, generator=generator)
-            batch_sums = {"elbo": terms["elbo"].sum(), "log_px": terms["log_px"].sum()}
-            facets = zip(model.priors, terms["facets"], terms["params"], parts)
-            for j, (prior, facet, (mean, _), part) in enumerate(facets, start=1):
-                batch_sums[f"kl_z/facet{j}"] = facet.kl_z.sum()
-                batch_sums[f"kl_c/facet{j}"] = facet.kl_c.sum()
-                part.append(prior.cluster_log_probs(mean).exp().cpu())  # eq. (12) at the posterior mean
-            for key, value in batch_sums.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-        out = {key: value / len(data.x_test) for key, value in sums.items()}
-        probs = [torch.cat(p).numpy() for p in parts]
-        model.train(was_training)
-    y = {f: v.numpy() for f, v in data.y_test.items()}
-    out.update(clustering_metrics(probs, y, data.factors))
-    return out
+        return SplitEvaluation({}, [p.numpy() for p in model.cluster_probs(x)], None)
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=x.device).manual_seed(seed + EVAL_SEED_OFFSET)
+    sums: dict[str, float] = {}
+    probs: list[list[torch.Tensor]] = [[] for _ in range(model.n_facets)]
+    means: list[list[torch.Tensor]] = [[] for _ in range(model.n_facets)]
+    ones = torch.ones_like(model.alphas)
+    for start in range(0, len(x), batch_size):
+        terms = model.loss_terms(x[start:start + batch_size], alphas=ones, generator=generator)
+        batch_sums = {"elbo": terms["elbo"].sum(), "log_px": terms["log_px"].sum()}
+        for j, (prior, facet, (mean, _)) in enumerate(zip(model.priors, terms["facets"], terms["params"]), start=1):
+            batch_sums[f"kl_z/facet{j}"] = facet.kl_z.sum()
+            batch_sums[f"kl_c/facet{j}"] = facet.kl_c.sum()
+            probs[j - 1].append(prior.cluster_log_probs(mean).exp().cpu())  # eq. (12) at the posterior mean
+            means[j - 1].append(mean.cpu())
+        for key, value in batch_sums.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    model.train(was_training)
+    return SplitEvaluation({key: value / len(x) for key, value in sums.items()},
+                           [torch.cat(p).numpy() for p in probs], [torch.cat(m).numpy() for m in means])
+
+
+@torch.no_grad()
+def evaluate(model, data: Dataset, batch_size: int, seed: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metrics, assignments) of one evaluation.
+
+    metrics: on the test set under their own names (ELBO terms, clustering metrics per facet and
+    factor); on the validation set the same prefixed `val/`, plus the label-free
+    `val/silhouette/facet<j>` of the posterior means under their own clusters. Baselines have no
+    ELBO and no silhouette; without a validation split there are no `val/` metrics.
+    assignments: `<split>_facet<j>`, argmax_c q(c_j | x) of each image of that split in stored order.
+    """
+    metrics: dict = {}
+    assignments: dict[str, np.ndarray] = {}
+    splits = [("test", "", data.x_test, data.y_test)]
+    if len(data.x_val):
+        splits.append(("val", "val/", data.x_val, data.y_val))
+    for split, prefix, x, y in splits:
+        result = _evaluate_split(model, x, batch_size, seed)
+        found = dict(result.terms)
+        found.update(clustering_metrics(result.probs, {f: v.numpy() for f, v in y.items()}, data.factors))
+        for j, p in enumerate(result.probs, start=1):
+            assignments[f"{split}_facet{j}"] = p.argmax(axis=1)
+            if split == "val" and result.means is not None:
+                found[f"silhouette/facet{j}"] = silhouette(result.means[j - 1], assignments[f"{split}_facet{j}"],
+                                                           seed + EVAL_SEED_OFFSET)
+        metrics.update({prefix + key: value for key, value in found.items()})
+    return metrics, assignments
 
 
 def _finite_or_none(value):
@@ -154,7 +193,7 @@ def read_metrics(path: Path) -> tuple[list[str], bool]:
     return kept, torn
 
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json", ASSIGNMENTS_FILE)
 
 
 def _failure_message(error: Exception) -> str:
@@ -201,6 +240,7 @@ class Trial:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         self.result_path = self.run_dir / "result.json"
+        self.assignments_path = self.run_dir / ASSIGNMENTS_FILE
         self.tensorboard = None
 
     def run(self) -> dict:
@@ -248,7 +288,7 @@ class Trial:
         torch.manual_seed(tc.seed)
         np.random.seed(tc.seed % 2 ** 32)
         data = load_dataset(cfg.dataset.name, cfg.dataset.data_root, cfg.dataset.download,
-                            cfg.dataset.split_seed).to(device)
+                            cfg.dataset.split_seed, cfg.dataset.validation_fraction).to(device)
         model = build_model(cfg.model, data.image_shape, data.likelihood)
         self.log(f"trial {self.run_dir.name}: {cfg.model.name}/{cfg.model.architecture} on {data.name} "
                  f"({data.describe()}), seed {tc.seed}, device {device}")
@@ -311,14 +351,20 @@ class Trial:
                 self.tensorboard.add_scalar(key, value, metrics["epoch"])
         self.tensorboard.flush()
 
+    def _write_assignments(self, assignments: dict[str, np.ndarray], epoch: int) -> None:
+        """assignments.npz, replaced whole (a kill mid-write leaves the previous one)."""
+        write_npz_atomic(self.assignments_path, epoch=np.int64(epoch), **assignments)
+
     def _run_baseline(self, setup: Setup, state: dict) -> dict:
         t = time.time()
         setup.model.fit(setup.data.x_train, self.config.training.seed)
         state["train_time"] = time.time() - t
         state["samples"] = len(setup.data.x_train)
-        metrics = {"epoch": 0, "step": 0, **evaluate(setup.model, setup.data, self.config.evaluation.batch_size,
-                                                     self.config.training.seed)}
+        found, assignments = evaluate(setup.model, setup.data, self.config.evaluation.batch_size,
+                                      self.config.training.seed)
+        metrics = {"epoch": 0, "step": 0, **found}
         self._record(metrics, append=False)
+        self._write_assignments(assignments, epoch=0)
         if self.reporter:
             self.reporter(metrics, self.run_dir)
         return metrics
@@ -388,8 +434,8 @@ class Trial:
         s, _ = setup.schedule.step_of(epoch)
         metrics = {"epoch": epoch + 1, "step": step, "progressive_step": s,
                    "alphas": [float(a) for a in model.alphas.tolist()], "train_loss": train_loss}
-        metrics.update(evaluate(model, setup.data, self.config.evaluation.batch_size, self.config.training.seed))
-        metrics = {k: _finite_or_none(v) for k, v in metrics.items()}
+        found, assignments = evaluate(model, setup.data, self.config.evaluation.batch_size, self.config.training.seed)
+        metrics = {k: _finite_or_none(v) for k, v in {**metrics, **found}.items()}
         state["eval_time"] += time.time() - t
         timing = {k: state[k] for k in ("train_time", "eval_time", "samples")}
         ckpt = {"model": model.state_dict(), "optimizer": optimiser.state_dict(), "epoch": epoch + 1,
@@ -397,9 +443,12 @@ class Trial:
                 "timing": timing, "config": self.config.model_dump(mode="json")}
         if torch.cuda.is_available():
             ckpt["cuda_rng"] = torch.cuda.get_rng_state_all()
-        # metrics.jsonl first, then the checkpoint: a kill in between leaves an evaluation after the
-        # checkpoint, which a resume cuts back; the reverse order would lose one.
+        # metrics.jsonl and assignments.npz first, then the checkpoint: a kill in between leaves an
+        # evaluation after the checkpoint, which a resume cuts back (or writes again); the reverse
+        # order would lose one, and a run killed right after its last checkpoint would keep the
+        # assignments of the evaluation before it.
         self._record(metrics)
+        self._write_assignments(assignments, epoch=epoch + 1)
         tmp = self.checkpoint_path.with_suffix(".pt.tmp")
         torch.save(ckpt, tmp)
         os.replace(tmp, self.checkpoint_path)
@@ -412,9 +461,10 @@ class Trial:
         accs = " ".join(f"{k.removeprefix('acc/')}={v:.3f}" for k, v in m.items()
                         if k.startswith("acc/") and v is not None)
         rate = state["samples"] / max(state["train_time"], 1e-9)
-        elbo = m.get("elbo")
+        elbos = ", ".join(f"{split} elbo {m[key] if m[key] is None else round(m[key], 2)}"
+                          for split, key in (("test", "elbo"), ("val", "val/elbo")) if key in m)
         return (f"epoch {m['epoch']}/{self.config.training.total_epochs} step {m['progressive_step']} "
-                f"alphas [{', '.join(significant(a) for a in m['alphas'])}] | test elbo {elbo if elbo is None else round(elbo, 2)} | {accs} | "
+                f"alphas [{', '.join(significant(a) for a in m['alphas'])}] | {elbos} | {accs} | "
                 f"{rate:,.0f} samples/s | eta {clock(eta_s)}")
 
     def _write_result(self, status: str, state: dict, device, started: float, final: dict | None = None,

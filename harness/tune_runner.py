@@ -22,7 +22,7 @@ from .files import write_json_atomic
 from .layout import GRID_TRIALS_FILE, MLFLOW_FILE, SWEEP_FILE
 from .log_text import clock, significant
 from .preflight import alive_nodes, preflight
-from .sweep import SweepConfig, data_paths, effective_max_concurrent, resolved_base
+from .sweep import SweepConfig, data_paths, effective_max_concurrent, reported_objectives, resolved_base
 from .sweep_checks import SweepError, check_before_start, driver_lock
 from .tune_trial import reported_status, trainable
 
@@ -296,10 +296,9 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
     storage, name = experiment_dir.parent, experiment_dir.name
     # A resume trains what the first run recorded, whatever the sweep file expands to now.
     grid_trials = (_recorded_grid_trials(experiment_dir) if resume else trials) if sweep.search is None else []
-    objectives = ([sweep.scheduler.metric] if sweep.scheduler else []) + (sweep.search.metrics if sweep.search else [])
     run_trainable = tune.with_resources(
         tune.with_parameters(trainable, grid_trials=grid_trials, report=sweep.report,
-                             required_metrics=sorted(set(objectives))),
+                             required_metrics=reported_objectives(sweep)),
         {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
     total = len(grid_trials or trials) if sweep.search is None else sweep.search.num_samples * sweep.search.replicates
     with _owner_only_writes(), _ray_output(verbose), _tune_settings(sweep.ray_loggers), ExitStack() as held:

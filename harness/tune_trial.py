@@ -8,7 +8,9 @@ What a trial trains comes in one of two shapes of Tune params:
                               a point built elsewhere (harness.search's suggestions, and grid trials of
                               experiments started before configs went by index): "trial" is the full
                               config, seed included; "overrides" only records what was searched
-plus "cpus" and "experiment_dir".
+plus "cpus" and "experiment_dir". A run folder that already has a checkpoint resumes with its own
+config.yaml (only RESUME_SAFE_KEYS come from the params): an experiment started before a change of
+defaults, such as the validation split, finishes as it began.
 
 The result contract the driver, the EventPrinter and the searcher rely on: every report carries
 `mfcbench_status`, "running" while training, and on the trial's final report "completed" or
@@ -28,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .config import TrialConfig
+from .config import RESUME_SAFE_KEYS, TrialConfig, differences, read_run_config
 from .files import write_json_atomic
-from .layout import TRIAL_META
+from .layout import TRIAL_META, run_folder
 from .trial_device import trial_device
 
 STATUS = "mfcbench_status"  # the key of the result contract above
@@ -64,16 +66,20 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
         if config_dict["training"].get("threads") is None:
             config_dict["training"]["threads"] = max(1, int(params.get("cpus", 1)))
         config = TrialConfig.model_validate(config_dict)  # on this node: an npz file it cannot read, say
-    except ValueError as error:  # deterministic (DeviceError, a config this node refuses): no retry
+        # Not tune.get_context().get_trial_dir(): that is Ray's local staging folder, which a reused
+        # actor does not sync to storage. Run folders go straight into the experiment folder (for a
+        # multi-node cluster, storage must be a shared filesystem, as Ray requires anyway).
+        seed = config.training.seed
+        run_dir = run_folder(params["experiment_dir"], tune.get_context().get_trial_id(), seed)
+        trial_dir = run_dir.parent.parent
+        resume = (run_dir / "checkpoint.pt").exists()
+        if resume:
+            config = config_to_resume(run_dir, config, log=lambda line: print(f"[seed {seed}] {line}", flush=True))
+    except ValueError as error:  # deterministic (DeviceError, a config this node refuses, an unreadable
+        # config.yaml in the run folder): no retry
         tune.report({"variant": variant, "seed": config_dict["training"].get("seed"), STATUS: "failed",
                      "error": str(error)})
         return
-    seed = config.training.seed
-    # Not tune.get_context().get_trial_dir(): that is Ray's local staging folder, which a reused
-    # actor does not sync to storage. Run folders go straight into the experiment folder (for a
-    # multi-node cluster, storage must be a shared filesystem, as Ray requires anyway).
-    trial_dir = Path(params["experiment_dir"]) / f"trial_{tune.get_context().get_trial_id()}"
-    run_dir = trial_dir / "runs" / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     identity = {"variant": variant, "seed": seed, "node_id": ray.get_runtime_context().get_node_id(),
                 "host": socket.gethostname(), "pid": os.getpid()}
@@ -101,12 +107,31 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
             held.update(numeric)
 
     try:
-        result = trainer.run_trial(config, run_dir, resume=(run_dir / "checkpoint.pt").exists(), reporter=reporter,
+        result = trainer.run_trial(config, run_dir, resume=resume, reporter=reporter,
                                    log=lambda line: print(f"[seed {seed}] {line}", flush=True))
     except trainer.TrialFailed as error:
         tune.report({**held, **identity, STATUS: "failed", "error": str(error)})
         return
     tune.report({**(held or finite_metrics(result["final"])), **identity, STATUS: "completed"})
+
+
+def config_to_resume(run_dir: Path, requested: TrialConfig, log=print) -> TrialConfig:
+    """The config a run folder with a checkpoint continues with: the run's own config.yaml, with the
+    values of RESUME_SAFE_KEYS (device, threads, data_root, ...) from `requested`, the config Tune
+    passes now. A sweep started before a key existed (or whose defaults changed since) thus resumes
+    its runs as they began, e.g. on the training set without a validation split."""
+    recorded = read_run_config(run_dir)
+    data = recorded.model_dump(mode="json")
+    now = requested.model_dump(mode="json")
+    for key in RESUME_SAFE_KEYS:
+        section, name = key.split(".")
+        data[section][name] = now[section][name]
+    config = TrialConfig.model_validate(data)
+    kept = differences(config, requested)
+    if kept:
+        log(f"resuming {run_dir} with its own config.yaml, which differs from the sweep's in "
+            + ", ".join(f"{k} (run {old!r}, sweep {new!r})" for k, (old, new) in kept.items()))
+    return config
 
 
 def _what_to_train(params: dict, grid_trials: Sequence[dict]) -> tuple[str, dict, dict]:

@@ -27,7 +27,8 @@ def save_atomic(fig, path: Path) -> None:
 
 
 def stability_curves(evaluations: pd.DataFrame, out: Path) -> list[Path]:
-    """Per (dataset, factor): test accuracy (best facet) over epochs, every run and mean +- std."""
+    """Per (dataset, factor): test accuracy over epochs of each run's best facet on test labels (the
+    authors' protocol), every run and mean +- std."""
     if evaluations.empty or "epoch" not in evaluations:
         return []
     frame = with_best_facet(evaluations[evaluations["epoch"] > 0])
@@ -51,7 +52,7 @@ def stability_curves(evaluations: pd.DataFrame, out: Path) -> list[Path]:
                 ax.set_title(f"{variant}\n({rows['run_dir'].nunique()} runs)", fontsize=9)
                 ax.set_xlabel("epoch")
                 ax.set_ylim(0, 1)
-            axes[0, 0].set_ylabel(f"test accuracy, {factor} (best facet)")
+            axes[0, 0].set_ylabel(f"test accuracy, {factor}\n(max over facets on test labels)")
             axes[0, 0].legend(fontsize=8, loc="lower right")
             fig.suptitle(f"{dataset}: stability over training", fontsize=10, y=1.06)
             path = out / f"stability_{slug(dataset)}_{slug(factor)}.png"
@@ -61,7 +62,8 @@ def stability_curves(evaluations: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def best_of_n_curves(runs: pd.DataFrame, out: Path) -> list[Path]:
-    """Expected best accuracy of n seeds, per (dataset, factor), one line per variant with a band."""
+    """Expected best accuracy of n seeds, per (dataset, factor), one line per variant with a band (each
+    run's best facet on test labels, the authors' protocol)."""
     done = with_best_facet(runs[runs["status"] == "completed"])
     written = []
     for column, factor in best_facet_columns(done):
@@ -80,7 +82,7 @@ def best_of_n_curves(runs: pd.DataFrame, out: Path) -> list[Path]:
                 plt.close(fig)
                 continue
             ax.set_xlabel("n runs (best of n)")
-            ax.set_ylabel(f"expected best accuracy, {factor}")
+            ax.set_ylabel(f"expected best accuracy, {factor}\n(max over facets on test labels)")
             ax.legend(fontsize=7)
             ax.set_title(dataset, fontsize=10)
             path = out / f"best_of_n_{slug(dataset)}_{slug(factor)}.png"

@@ -1,5 +1,6 @@
-"""Optuna searches: best trials, parameter importances, objective against each parameter, and whether
-the label-free objective ranks models like supervised accuracy does (the paper's open limitation)."""
+"""Optuna searches: best trials, parameter importances and objective against each parameter. Whether
+label-free objectives rank models as accuracy does is the report's "Label-free model selection"
+section (reports.selection), over every unit of every study."""
 from __future__ import annotations
 
 import html
@@ -10,17 +11,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
 
 from harness.layout import JOURNAL_FILE  # noqa: E402
 
 from . import writers  # noqa: E402
 from .figures import save_atomic, slug  # noqa: E402
-from .load import best_facet_columns, with_best_facet  # noqa: E402
 
 
-
-def optuna_sections(paths: list[Path], runs: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
+def optuna_sections(paths: list[Path], out: Path) -> list[tuple[str, str]]:
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -34,11 +32,11 @@ def optuna_sections(paths: list[Path], runs: pd.DataFrame, out: Path) -> list[tu
         storage = JournalStorage(JournalFileBackend(str(journal)))
         for summary in optuna.get_all_study_summaries(storage):
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            sections.append((f"Optuna search: {summary.study_name}", _study_html(study, root, runs, out)))
+            sections.append((f"Optuna search: {summary.study_name}", _study_html(study, root, out)))
     return sections
 
 
-def _study_html(study, root: Path, runs: pd.DataFrame, out: Path) -> str:
+def _study_html(study, root: Path, out: Path) -> str:
     import optuna
 
     frame = study.trials_dataframe(attrs=("number", "state", "values", "params"))
@@ -70,21 +68,4 @@ def _study_html(study, root: Path, runs: pd.DataFrame, out: Path) -> str:
         name = f"optuna_{slug(study.study_name)}_params.png"
         save_atomic(fig, out / name)
         parts.append(f"<p><img src='{name}'></p>")
-    parts.append(_label_free_vs_supervised(runs, root))
     return "".join(parts)
-
-
-def _label_free_vs_supervised(runs: pd.DataFrame, root: Path) -> str:
-    """Spearman rank correlation across runs between test ELBO and best-facet accuracy per factor."""
-    mine = runs[(runs["status"] == "completed") & runs["run_dir"].map(lambda d: str(d).startswith(str(root)))]
-    mine = with_best_facet(mine)
-    rows = []
-    for column, factor in best_facet_columns(mine) if "elbo" in mine else []:
-        pair = mine[["elbo", column]].dropna()
-        if len(pair) >= 3:
-            rho, p = spearmanr(pair["elbo"], pair[column])
-            rows.append({"factor": factor, "runs": len(pair), "spearman rho": round(rho, 3),
-                         "p-value": round(p, 4)})
-    return ("<h3>Does the label-free objective pick good models?</h3><p class='note'>Rank correlation across "
-            "runs between final test ELBO and best-facet accuracy. Near 1: choosing by ELBO also chooses by "
-            "accuracy; near 0 or negative: it does not.</p>" + writers.to_html_table(pd.DataFrame(rows)))

@@ -64,3 +64,28 @@ def expected_best_of_n(values, n_max: int | None = None, seed: int = 0, n_resamp
     boot = np.array([curve(np.sort(rng.choice(x, m))) for _ in range(n_resamples)])
     return {"n": ns, "mean": curve(x), "low": np.percentile(boot, 2.5, axis=0),
             "high": np.percentile(boot, 97.5, axis=0)}
+
+
+def spearman_with_ci(x, y, seed: int = 0, n_resamples: int = N_BOOTSTRAP) -> dict:
+    """n, Spearman's rho of paired values (pairs with a NaN dropped) and a 95% percentile-bootstrap CI
+    from resampling the pairs with replacement. Resamples in which x or y is constant (rho undefined)
+    are skipped. rho needs 3 pairs (2 always give ±1) and x and y each not constant; else NaN."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    paired = np.isfinite(x) & np.isfinite(y)
+    x, y = x[paired], y[paired]
+    n = len(x)
+    out = {"n": n, "rho": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out
+    out["rho"] = float(stats.spearmanr(x, y).statistic)
+    # All resamples at once: Spearman's rho is Pearson's r of the (tie-averaged) ranks
+    picks = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    rx, ry = stats.rankdata(x[picks], axis=1), stats.rankdata(y[picks], axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    scale = np.sqrt((rx ** 2).sum(axis=1) * (ry ** 2).sum(axis=1))
+    defined = scale > 1e-12
+    if defined.any():
+        rho = (rx * ry).sum(axis=1)[defined] / scale[defined]
+        out["ci_low"], out["ci_high"] = (float(v) for v in np.percentile(rho, [2.5, 97.5]))
+    return out

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .load import FACET_LABELS
+
 
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
@@ -21,11 +23,13 @@ def _pct(x) -> str:
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy as `mean ± std [CI]` in %, best values marked with `*`."""
+    """Accuracy as `mean ± std [CI]` in %, best values marked with `*`; the headline facets named by how
+    they were chosen (on validation labels, or the authors' protocol on test labels)."""
     if table.empty:
         return table
     out = pd.DataFrame({
-        "dataset": table["dataset"], "variant": table["variant"], "facet": table["facet"], "factor": table["factor"],
+        "dataset": table["dataset"], "variant": table["variant"],
+        "facet": table["facet"].map(lambda facet: FACET_LABELS.get(facet, facet)), "factor": table["factor"],
         "n": table.get("n"), "failed": table.get("n_failed"), "incomplete": table.get("n_incomplete"),
     })
     best = table.get("best", pd.Series([""] * len(table))).fillna("")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data import CATALOG, DatasetError, batches, dataset_status, load_dataset
+from harness.data import CATALOG, DatasetError, batches, dataset_shape, dataset_status, load_dataset
 from harness.data.catalog import DEBIAN_FASHION_MNIST
 from harness.data.shapes3d import FACTORS
 
@@ -22,8 +22,9 @@ def check_common(data, shape, n_train, n_test, factors):
 
 
 def test_digits():
-    data = load_dataset("digits")
+    data = load_dataset("digits")  # validation_fraction 0: the sizes before the validation split existed
     check_common(data, (1, 8, 8), 1438, 359, {"digit": 10})
+    assert data.x_val.shape == (0, 1, 8, 8) and data.y_val["digit"].shape == (0,)
     assert data.likelihood == "gaussian"  # 35% of pixels are mid-grey: not near-binary
     again = load_dataset("digits")
     assert torch.equal(data.x_train, again.x_train)
@@ -198,3 +199,68 @@ def test_cli_datasets_list_and_show(tmp_path, capsys):
     assert png.stat().st_size > 10000
     assert main(["datasets", "show", "mnsit", "--out", str(png)]) == 2
     assert "known: digits" in capsys.readouterr().err
+
+
+def unique_images(path: Path, n: int = 80, test: int = 0) -> dict[bytes, int]:
+    """An npz of `n` images that differ from each other (with `test` more as x_test); returns each
+    image's bytes -> its row in x (x_test rows counted on from n), to tell which image went where."""
+    x = np.random.default_rng(0).random((n + test, 1, 4, 4)).astype(np.float32)
+    labels_ = np.arange(n + test) % 4
+    arrays = {"x": x[:n], "y_colour": labels_[:n]}
+    if test:
+        arrays.update(x_test=x[n:], y_test_colour=labels_[n:])
+    np.savez(path, **arrays)
+    return {row.tobytes(): i for i, row in enumerate(x)}
+
+
+def rows(index: dict[bytes, int], x: torch.Tensor) -> list[int]:
+    return [index[row.tobytes()] for row in x.numpy()]
+
+
+def test_validation_split_is_carved_from_training_disjoint_and_ordered(tmp_path):
+    index = unique_images(tmp_path / "u.npz", n=80, test=20)
+    name = f"npz:{tmp_path / 'u.npz'}"
+    whole = load_dataset(name, validation_fraction=0)
+    data = load_dataset(name, validation_fraction=0.25)
+    train, val, test = rows(index, data.x_train), rows(index, data.x_val), rows(index, data.x_test)
+    assert (len(train), len(val), len(test)) == (60, 20, 20)
+    assert not (set(train) & set(val)) and not (set(train) & set(test)) and not (set(val) & set(test))
+    assert sorted(train + val) == rows(index, whole.x_train) == list(range(80))  # carved from training only
+    assert test == rows(index, whole.x_test)  # the test set is untouched
+    assert train == sorted(train) and val == sorted(val)  # each split keeps the images' stored order
+    assert data.y_val["colour"].tolist() == [i % 4 for i in val]  # labels follow their images
+    assert data.y_train["colour"].tolist() == [i % 4 for i in train]
+    assert "60 train / 20 validation / 20 test" in data.describe()
+    assert torch.equal(data.to("cpu").x_val, data.x_val)
+
+
+def test_validation_split_depends_on_split_seed_only(tmp_path):
+    index = unique_images(tmp_path / "u.npz", n=200)
+    name = f"npz:{tmp_path / 'u.npz'}"
+    val = rows(index, load_dataset(name, split_seed=0, validation_fraction=0.1).x_val)
+    np.random.seed(1), torch.manual_seed(1)  # a model seed's global RNG state changes nothing
+    assert rows(index, load_dataset(name, split_seed=0, validation_fraction=0.1).x_val) == val
+    np.random.seed(2), torch.manual_seed(2)
+    assert rows(index, load_dataset(name, split_seed=0, validation_fraction=0.1).x_val) == val
+    other = rows(index, load_dataset(name, split_seed=1, validation_fraction=0.1).x_val)
+    assert other != val and len(other) == len(val) == 16  # 160 training images after the 80/20 split
+
+
+def test_catalogue_knows_the_split_sizes_without_loading():
+    shape = dataset_shape("digits").with_validation(0.1)
+    data = load_dataset("digits", validation_fraction=0.1)
+    assert (shape.n_train, shape.n_val, shape.n_test) == (len(data.x_train), len(data.x_val), len(data.x_test)) \
+        == (1294, 144, 359)
+    assert "1294 train / 144 validation / 359 test" in shape.describe() == data.describe()
+
+
+@pytest.mark.parametrize("fraction,message", [
+    (-0.1, "must be in [0, 1)"),
+    (1.0, "must be in [0, 1)"),
+    (0.01, "leaves 1 validation and 79 training images"),  # 0.8 validation images round to 1
+])
+def test_bad_validation_fraction_refused(tmp_path, fraction, message):
+    unique_images(tmp_path / "u.npz", n=100)
+    with pytest.raises(DatasetError) as info:
+        load_dataset(f"npz:{tmp_path / 'u.npz'}", validation_fraction=fraction)
+    assert "dataset.validation_fraction" in str(info.value) and message in str(info.value)

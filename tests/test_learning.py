@@ -11,7 +11,10 @@ QUIET = dict(log=lambda s: None)
 
 def digits_trial(model: dict, seed: int, epochs: int) -> TrialConfig:
     return TrialConfig.model_validate({
-        "dataset": {"name": "digits"},
+        # The whole training set: the 0.757 bar below is k-means over 10 seeds on all 1438 training
+        # images. With the default 10% validation split both lose data (measured: MFCVAE 0.738 over
+        # these 3 seeds, k-means 0.741 over 10), so the bar would have to move with the split.
+        "dataset": {"name": "digits", "validation_fraction": 0},
         "model": {"latent_dims": [10], "n_clusters": [10], **model},
         "training": {"epochs_per_step": [epochs], "batch_size": 128, "lr": 0.001, "seed": seed, "threads": 1},
         "evaluation": {"every_n_epochs": epochs},

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from harness.metrics import cluster_accuracy, clustering_metrics, hungarian_accuracy, majority_accuracy
+from harness.metrics import cluster_accuracy, clustering_metrics, hungarian_accuracy, majority_accuracy, silhouette
 
 
 def test_hungarian_hand_checked():
@@ -34,3 +34,23 @@ def test_clustering_metrics_keys_and_values():
     assert m["acc/facet2/shape"] == pytest.approx(1 / 3)
     assert m["clusters_used/facet1"] == 3 and m["clusters_used/facet2"] == 2
     assert not any("fixed" in k for k in m)
+
+
+def test_silhouette_separated_clusters_score_near_one_collapsed_minus_one_undefined_none():
+    rng = np.random.default_rng(0)
+    blobs = np.concatenate([rng.normal(0, 0.1, (50, 2)), rng.normal(10, 0.1, (50, 2))])
+    truth = np.repeat([0, 1], 50)
+    assert silhouette(blobs, truth, seed=0) > 0.95
+    assert silhouette(blobs, rng.permutation(truth), seed=0) < 0.1  # clusters that cut across the blobs
+    assert silhouette(blobs, np.zeros(100, int), seed=0) == -1.0  # a collapsed facet ranks last
+    assert silhouette(blobs[:3], np.arange(3), seed=0) is None  # every point its own cluster
+    assert silhouette(np.full((100, 2), np.nan), truth, seed=0) is None
+
+
+def test_silhouette_samples_large_sets_deterministically():
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(5000, 3))
+    labels = (points[:, 0] > 0).astype(int)
+    first = silhouette(points, labels, seed=3)
+    assert first == silhouette(points, labels, seed=3)  # the same seed scores the same sample
+    assert first != silhouette(points, labels, seed=4)  # at most 2000 of the 5000 points are scored

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -70,6 +71,8 @@ def test_aggregation_matches_hand_computation(fixture_results):
     assert row["acc_ci_high"] == pytest.approx(np.percentile(boot, 97.5), abs=0.015)
     b = table[(table["variant"] == "B") & (table["facet"] == "max")].iloc[0]
     assert b["n"] == 2 and b["n_failed"] == 1 and b["acc_mean"] == pytest.approx(0.425)
+    # runs without validation metrics: only the authors' protocol (max over facets on test labels)
+    assert b["protocol"] == "authors-protocol" and "val" not in set(table["facet"])
     assert "acc" in table[(table["facet"] == "max") & (table["variant"] == "A")].iloc[0]["best"]
     failed = failures(runs)
     assert failed["error"].tolist() == ["non-finite loss in epoch 3"]
@@ -97,7 +100,7 @@ def test_report_files_and_partial_sweep(fixture_results, tmp_path):
     marker = json.loads((out / "mfcbench-report.json").read_text())
     assert marker["mfcbench_report"] == 1 and marker["inputs"] == [str(fixture_results)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp", "report"], "staging or old folder left behind"
-    for name in ("summary.csv", "summary.md", "summary.tex", "pairwise.csv", "failures.csv"):
+    for name in ("summary.csv", "summary.md", "summary.tex", "pairwise.csv", "failures.csv", "selection.md"):
         assert (out / name).stat().st_size > 100
     assert "\\begin{tabular}" in (out / "summary.tex").read_text()
     pngs = list(out.glob("*.png"))
@@ -176,11 +179,12 @@ def test_reference_rows_appear_for_matching_datasets(tmp_path):
     table = summary_table(runs).assign(dataset="mnist")
     rows = reference_rows(table)
     assert "MFCVAE (reported)" in rows["variant"].tolist()
+    assert set(rows["facet"]) == {"max"} and set(rows["protocol"]) == {"authors-protocol"}  # the paper's protocol
     assert rows[rows["variant"] == "MFCVAE (reported)"]["acc_mean"].iloc[0] == pytest.approx(0.9202)
 
 
 def test_reports_do_not_import_training_code():
-    code = ("import sys, reports.report, reports.model_analyses, reports.optuna_analysis; "
+    code = ("import sys, reports.report, reports.model_analyses, reports.optuna_analysis, reports.selection; "
             "bad = [m for m in ('harness.trainer', 'harness.tune_runner', 'ray') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -303,6 +307,12 @@ def test_full_report_over_sweep_with_errored_trial(trained_runs, tmp_path):
     assert any(n.startswith("samples_") for n in names) and any(n.startswith("stability_") for n in names)
     table = summary_table(load_runs([trained_runs])[0])
     assert set(table[table["n_failed"] > 0]["variant"]) == set()  # the failed variant has no completed runs
+    # trained with a validation split: both headline rows, and the seeds' assignments compared
+    assert {"val", "max"} <= set(table[table["variant"] == "two-facet"]["facet"])
+    agreement = pd.read_csv(tmp_path / "r" / "agreement.csv")
+    two_facet = agreement[agreement["variant"] == "two-facet"]
+    assert two_facet["facet"].astype(str).tolist() == ["1", "2", "matched"] and (two_facet["seeds"] == 2).all()
+    assert "Label-free model selection" in text and (tmp_path / "r" / "selection.md").exists()
     if lpips_samples:
         assert "real test images" in (tmp_path / "r" / "lpips.csv").read_text()
 

@@ -1,10 +1,12 @@
 """The sweep searcher and scheduler (harness.search): parallel replicates told to Optuna as their mean,
-FAIL / PRUNED semantics, restart, ASHA's max_t, the dry-run concurrency line, and an ASHA search on
-local Ray whose stopped trials are PRUNED in the study and "stopped early" in reports."""
+seed agreement computed from the seeds' run folders, FAIL / PRUNED semantics, restart, ASHA's max_t,
+the dry-run concurrency line, and an ASHA search on local Ray whose stopped trials are PRUNED in the
+study and "stopped early" in reports."""
 import json
 import pickle
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -32,10 +34,10 @@ def with_epochs(epochs: int) -> dict:
     return {**TINY_BASE, "training": {**TINY_BASE["training"], "epochs_per_step": [epochs]}}
 
 
-def searcher_for(tmp_path, **search):
+def searcher_for(tmp_path, base: dict = TINY_BASE, **search):
     from harness.search import ReplicatedOptunaSearch
 
-    sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", search={"space": LR_SPACE, **search}))
+    sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", base=base, search={"space": LR_SPACE, **search}))
     return ReplicatedOptunaSearch(sweep, tmp_path)
 
 
@@ -47,7 +49,18 @@ def journal_study(tmp_path):
 
 
 def completed(elbo: float, epoch: int = 2) -> dict:
-    return {"elbo": elbo, "epoch": epoch, "mfcbench_status": "completed"}
+    """A seed's last result: its validation ELBO (the default objective)."""
+    return {"val/elbo": elbo, "epoch": epoch, "mfcbench_status": "completed"}
+
+
+def write_assignments(experiment: Path, trial_id: str, seed: int, val: list[list[int]]) -> None:
+    """What the trainer keeps in a search trial's run folder: each facet's cluster of every validation
+    image, and (different, so reading the wrong split shows) of every test image."""
+    run_dir = experiment / f"trial_{trial_id}" / "runs" / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    np.savez(run_dir / "assignments.npz", epoch=np.int64(2),
+             **{f"val_facet{j}": np.array(facet) for j, facet in enumerate(val, start=1)},
+             **{f"test_facet{j}": np.arange(7) % (j + 1) for j in range(1, len(val) + 1)})
 
 
 # -- the searcher, without Ray running ------------------------------------------------------------
@@ -127,7 +140,7 @@ def test_a_trial_stopped_by_the_scheduler_is_pruned_with_its_last_value(tmp_path
     searcher.suggest("t0"), searcher.suggest("t1")
     searcher.on_trial_complete("t0", completed(-100.0))
     # ASHA stopped it after epoch 1: its last report still said "running"
-    searcher.on_trial_complete("t1", {"elbo": -150.0, "epoch": 1, "mfcbench_status": "running"})
+    searcher.on_trial_complete("t1", {"val/elbo": -150.0, "epoch": 1, "mfcbench_status": "running"})
     first, second = journal_study(tmp_path).trials
     assert first.state == TrialState.COMPLETE
     assert second.state == TrialState.PRUNED
@@ -135,13 +148,66 @@ def test_a_trial_stopped_by_the_scheduler_is_pruned_with_its_last_value(tmp_path
 
 
 def test_multi_objective_mean_per_objective(tmp_path):
-    searcher = searcher_for(tmp_path, replicates=2, num_samples=1, metrics=["elbo", "acc/facet1/digit"],
+    searcher = searcher_for(tmp_path, replicates=2, num_samples=1, metrics=["val/elbo", "val/acc/facet1/digit"],
                             modes=["max", "max"])
     searcher.suggest("a"), searcher.suggest("b")
-    searcher.on_trial_complete("a", {**completed(-100.0), "acc/facet1/digit": 0.5})
-    searcher.on_trial_complete("b", {**completed(-110.0), "acc/facet1/digit": 0.7})
+    searcher.on_trial_complete("a", {**completed(-100.0), "val/acc/facet1/digit": 0.5})
+    searcher.on_trial_complete("b", {**completed(-110.0), "val/acc/facet1/digit": 0.7})
     (trial,) = journal_study(tmp_path).trials
     assert trial.values == pytest.approx([-105.0, 0.6])
+
+
+def test_seed_agreement_is_computed_from_the_run_folders_of_the_seeds_that_finished(tmp_path):
+    """Trials never report val/agreement: once a suggestion's seeds have all ended, the searcher reads the
+    assignments.npz of those that finished and tells Optuna their mean pairwise ARI, in the configured
+    order beside the mean of the reported objectives; a driver restart in between loses no trial id."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from harness.sweep import reported_objectives
+
+    two_facets = {**TINY_BASE, "model": {"latent_dims": [3, 2], "n_clusters": [10, 5], "hidden_sizes": [32, 32]},
+                  "training": {**TINY_BASE["training"], "epochs_per_step": [1, 1]}}
+    searcher = searcher_for(tmp_path, two_facets, replicates=3, num_samples=1,
+                            metrics=["val/agreement/facet2", "val/elbo"], modes=["max", "max"])
+    assert searcher.metric == "val/elbo"  # all Tune may expect in a trial's results
+    assert reported_objectives(searcher.sweep) == ["val/elbo"]  # what trials must report (required_metrics)
+    ids = ["t0", "t1", "t2"]
+    for trial_id in ids:
+        assert searcher.suggest(trial_id) is not None
+    # facet 1 agrees up to relabelling; facet 2 partly; seed 2 (it diverges) would agree with nothing
+    seeds = {0: [[0, 0, 1, 1, 2, 2, 2], [0, 0, 0, 1, 1, 1, 1]],
+             1: [[1, 1, 0, 0, 2, 2, 2], [0, 1, 0, 1, 0, 1, 1]],
+             2: [[0, 1, 2, 0, 1, 2, 0], [1, 0, 0, 1, 1, 0, 1]]}
+    for trial_id, seed in zip(ids, seeds):
+        write_assignments(tmp_path, trial_id, seed, seeds[seed])
+    searcher.on_trial_complete("t0", completed(-100.0))
+    searcher.on_trial_complete("t2", {"epoch": 1, "mfcbench_status": "failed", "error": "non-finite loss"})
+    searcher.save(str(tmp_path / "searcher-state.json"))
+    restarted = searcher_for(tmp_path, two_facets, replicates=3, num_samples=1,
+                             metrics=["val/agreement/facet2", "val/elbo"], modes=["max", "max"])
+    restarted.restore(str(tmp_path / "searcher-state.json"))
+    restarted.on_trial_complete("t1", completed(-110.0))
+    (trial,) = journal_study(tmp_path).trials
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["failed_seeds"] == [2]
+    expected = adjusted_rand_score(seeds[0][1], seeds[1][1])
+    assert 0 < expected < 1  # a value that only these two seeds' second facets give
+    assert trial.values == pytest.approx([expected, -105.0])
+
+
+def test_seed_agreement_needs_two_finished_seeds(tmp_path):
+    """Half of two seeds finished: enough for a mean ELBO, but not for an agreement, so FAIL."""
+    searcher = searcher_for(tmp_path, replicates=2, num_samples=2, metrics=["val/agreement"])
+    assert searcher.metric is None  # trials report none of the objectives
+    for trial_id, seed in [("t0", 0), ("t1", 1), ("t2", 0), ("t3", 1)]:
+        searcher.suggest(trial_id)
+        write_assignments(tmp_path, trial_id, seed, [[0, 0, 1, 1, 0, 1, 0]])
+    searcher.on_trial_complete("t0", completed(-100.0))
+    searcher.on_trial_complete("t1", error=True)
+    searcher.on_trial_complete("t2", {"epoch": 2, "mfcbench_status": "completed"})  # no val/elbo: not needed
+    searcher.on_trial_complete("t3", completed(-90.0))
+    first, second = journal_study(tmp_path).trials
+    assert first.state == TrialState.FAIL and first.user_attrs["failed_seeds"] == [1]
+    assert second.state == TrialState.COMPLETE and second.value == pytest.approx(1.0)  # identical partitions
 
 
 def test_searcher_survives_a_driver_restart(tmp_path):

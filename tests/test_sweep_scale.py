@@ -147,7 +147,7 @@ def test_search_trial_params_carry_their_config_and_record_overrides(tmp_path, m
 def test_report_final_refused_with_a_scheduler(tmp_path):
     with pytest.raises(ConfigError, match="report: final cannot be combined with a scheduler"):
         load_sweep(write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0]}, report="final",
-                               scheduler={"metric": "elbo"}))
+                               scheduler={"metric": "val/elbo"}))
 
 
 def test_failed_trials_print_as_failed_and_count_as_errored(capsys):
@@ -179,7 +179,7 @@ def test_diverging_trials_under_asha_never_end_the_sweep_and_storage_stays_small
     path = write_sweep(tmp_path / "grid.yaml", variants={"ok": {}, "bad": {"training.lr": 1e12}},
                        grid={"training.seed": [0, 1]},
                        # the grace period is the whole run: ASHA reads every result but stops no "ok" trial
-                       scheduler={"metric": "elbo", "grace_period": 2})
+                       scheduler={"metric": "val/elbo", "grace_period": 2})
     sweep, trials = load_sweep(path)
     results = run_sweep(sweep, trials, tmp_path / "results")
     assert len(results) == 4 and all(r.error is None for r in results)  # no Tune error: no retries spent
@@ -262,7 +262,7 @@ def test_retry_errored_resumes_a_lost_trial_in_its_own_run_folder(tmp_path, kind
         study = optuna.load_study(study_name="r", storage=optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(experiment / "optuna.journal"))))
         assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
-        assert study.trials[1].value == result["final"]["elbo"]
+        assert study.trials[1].value == result["final"]["val/elbo"]
 
 
 @pytest.mark.slow

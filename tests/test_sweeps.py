@@ -63,7 +63,8 @@ def test_bad_sweep_reports_every_problem_before_ray(tmp_path):
     assert "latent_dims has 2 facets but n_clusters has 1" in text  # both problems at once
     path = write_sweep(tmp_path / "bad3.yaml", search={"space": {"model.latent_dims.4": {"type": "int", "low": 1,
                                                                                         "high": 3}},
-                                                       "metrics": ["acc/facet1/digit", "elbo"], "modes": ["max"]})
+                                                       "metrics": ["val/acc/facet1/digit", "val/elbo"],
+                                                       "modes": ["max"]})
     with pytest.raises(ConfigError) as info:
         load_sweep(path)
     assert "metrics (2) and modes (1)" in str(info.value)
@@ -111,7 +112,7 @@ def test_metric_names_checked_against_what_the_trials_report(tmp_path):
                                    "model.hidden_sizes": [32, 32], "training.epochs_per_step": [1, 1]},
                 "km": {"model.name": "kmeans"}}
     path = write_sweep(tmp_path / "s.yaml", variants=variants, grid={"training.seed": [0, 1]},
-                       scheduler={"metric": "kl_z/facet2", "mode": "min"})
+                       scheduler={"metric": "val/kl_z/facet2", "mode": "min"})
     with pytest.raises(ConfigError) as info:
         load_sweep(path)
     lines = [line for line in str(info.value).splitlines() if "scheduler.metric" in line]
@@ -121,15 +122,89 @@ def test_metric_names_checked_against_what_the_trials_report(tmp_path):
     assert any("variant 'km'" in line and "kmeans is a baseline" in line for line in lines)
     # what every variant reports passes
     load_sweep(write_sweep(tmp_path / "ok.yaml", variants=variants, grid={"training.seed": [0]},
-                           scheduler={"metric": "acc/facet1/digit"}))
+                           scheduler={"metric": "val/acc/facet1/digit"}))
     with pytest.raises(ConfigError, match="dataset shapes-config1 has no factor 'digit'.*floor_hue"):
         load_sweep(write_sweep(tmp_path / "shapes.yaml", base={**TINY_BASE, "dataset": {"name": "shapes-config1"}},
                                search={"space": {"training.lr": {"type": "float", "low": 1e-4, "high": 1e-3}},
-                                       "metrics": ["acc/facet1/digit"]}))
+                                       "metrics": ["val/acc/facet1/digit"]}))
     with pytest.raises(ConfigError, match="factor 'wall_hue' of shapes-config1 has a single value"):
         load_sweep(write_sweep(tmp_path / "single.yaml", base={**TINY_BASE, "dataset": {"name": "shapes-config1"}},
                                search={"space": {"training.lr": {"type": "float", "low": 1e-4, "high": 1e-3}},
-                                       "metrics": ["nmi/facet1/wall_hue"]}))
+                                       "metrics": ["val/nmi/facet1/wall_hue"]}))
+
+
+LR_SEARCH = {"space": {"training.lr": {"type": "float", "low": 1e-4, "high": 1e-3}}}
+
+
+def test_objectives_on_the_test_set_are_refused_unless_the_authors_protocol_is_asked_for(tmp_path, capsys):
+    from harness.cli import main
+
+    space = {**LR_SEARCH["space"], "model.covariance": {"type": "categorical", "choices": ["diagonal", "ful"]}}
+    with pytest.raises(ConfigError) as info:
+        load_sweep(write_sweep(tmp_path / "s.yaml", search={"space": space, "metrics": ["elbo"]},
+                               scheduler={"metric": "acc/facet1/digit"}))
+    lines = str(info.value).splitlines()[1:]
+    # both test metrics, and a problem of another kind, at once
+    assert "search.space.model.covariance choice 2 = 'ful'" in lines[0]
+    elbo, accuracy = [line for line in lines if "is measured on the test images" in line]
+    assert elbo.startswith("  search.metrics: 'elbo' is measured on the test images")
+    assert accuracy.startswith("  scheduler.metric: 'acc/facet1/digit' is measured on the test images")
+    for line, alternative in [(elbo, "'val/elbo'"), (accuracy, "'val/acc/facet1/digit'")]:
+        assert "makes the reported test numbers optimistic" in line and f"use {alternative}" in line
+        assert "dataset.validation_fraction > 0" in line and "`selection: authors-protocol`" in line
+    # the paper's protocol, asked for by name: accepted, and said so
+    path = write_sweep(tmp_path / "paper.yaml", selection="authors-protocol",
+                       search={**LR_SEARCH, "metrics": ["elbo", "val/acc/facet1/digit"], "modes": ["max", "max"]})
+    assert load_sweep(path)[0].selection == "authors-protocol"
+    assert main(["sweep", str(path), "--dry-run", "--storage", str(tmp_path / "results")]) == 0
+    assert ("selection: authors-protocol, selects on the TEST set (the authors' protocol): elbo measured on the "
+            "test images") in capsys.readouterr().out
+    grid = write_sweep(tmp_path / "grid.yaml", selection="authors-protocol", grid={"training.seed": [0]},
+                       scheduler={"metric": "acc/facet1/digit"})
+    assert load_sweep(grid)[0].scheduler.metric == "acc/facet1/digit"
+    # the defaults select on validation images
+    path = write_sweep(tmp_path / "default.yaml", search=LR_SEARCH, scheduler={})
+    sweep, _ = load_sweep(path)
+    assert (sweep.selection, sweep.search.metrics, sweep.scheduler.metric) == ("validation", ["val/elbo"], "val/elbo")
+    assert main(["sweep", str(path), "--dry-run", "--storage", str(tmp_path / "results")]) == 0
+    assert "selection: validation, no objective is measured on the test images" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="selection: Input should be 'validation' or 'authors-protocol'"):
+        load_sweep(write_sweep(tmp_path / "typo.yaml", selection="authors", grid={"training.seed": [0]}))
+
+
+def test_validation_and_agreement_objectives_need_what_they_are_computed_from(tmp_path):
+    no_validation = {**TINY_BASE, "dataset": {"name": "digits", "validation_fraction": 0}}
+    with pytest.raises(ConfigError) as info:
+        load_sweep(write_sweep(tmp_path / "s.yaml", base=no_validation,
+                               search={**LR_SEARCH, "metrics": ["val/elbo", "val/silhouette/facet1", "train_loss"],
+                                       "modes": ["max", "max", "min"]}))
+    lines = str(info.value).splitlines()[1:]
+    assert [line.split(":")[1].strip() for line in lines] == ["'val/elbo' is never reported by the searched trials",
+                                                               "'val/silhouette/facet1' is never reported by the "
+                                                               "searched trials"]
+    assert all("dataset.validation_fraction is 0, so there are no validation images" in line for line in lines)
+    with pytest.raises(ConfigError) as info:
+        load_sweep(write_sweep(tmp_path / "s.yaml", search={**LR_SEARCH, "metrics": ["val/agreement"]}))
+    assert "search.metrics: 'val/agreement' compares the seeds of each suggestion, so it needs " \
+           "search.replicates >= 2 (got 1)" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_sweep(write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0, 1]},
+                               scheduler={"metric": "val/agreement/facet1"}))
+    assert "scheduler.metric: 'val/agreement/facet1' cannot be a scheduler metric" in str(info.value)
+    assert "ASHA ranks single trials" in str(info.value)
+    with pytest.raises(ConfigError, match="'val/agreement/facet2' is never reported by the searched trials: "
+                                          "facet 2 does not exist"):
+        load_sweep(write_sweep(tmp_path / "s.yaml", search={**LR_SEARCH, "metrics": ["val/agreement/facet2"],
+                                                            "replicates": 2}))
+    # k-means keeps assignments too: its seeds' agreement is an objective; its (absent) ELBO is not
+    kmeans = {**TINY_BASE, "model": {**TINY_BASE["model"], "name": "kmeans"}}
+    load_sweep(write_sweep(tmp_path / "km.yaml", base=kmeans, search={
+        **LR_SEARCH, "metrics": ["val/agreement", "val/nmi/facet1/digit"], "modes": ["max", "max"], "replicates": 2}))
+    with pytest.raises(ConfigError, match="'val/silhouette/facet1' is never reported.*kmeans is a baseline"):
+        load_sweep(write_sweep(tmp_path / "km.yaml", base=kmeans, search={
+            **LR_SEARCH, "metrics": ["val/silhouette/facet1"]}))
+    with pytest.raises(ConfigError, match="unknown metric 'val/train_loss'"):
+        load_sweep(write_sweep(tmp_path / "s.yaml", search={**LR_SEARCH, "metrics": ["val/train_loss"]}))
 
 
 def test_where_a_sweep_goes_is_checked_without_creating_anything(tmp_path):
@@ -346,7 +421,7 @@ def test_optuna_search_concurrent_multi_objective(tmp_path, local_ray):
     path = write_sweep(tmp_path / "search.yaml", max_concurrent=2, search={
         "space": {"model.latent_dims.0": {"type": "int", "low": 2, "high": 6},
                   "model.n_clusters.0": {"type": "int", "low": 5, "high": 15}},
-        "metrics": ["elbo", "acc/facet1/digit"], "modes": ["max", "max"], "num_samples": 4, "replicates": 2,
+        "metrics": ["val/elbo", "val/agreement"], "modes": ["max", "max"], "num_samples": 4, "replicates": 2,
         "sampler": {"type": "tpe", "seed": 1, "n_startup_trials": 2}})
     base = yaml.safe_load(path.read_text())
     base["base"]["training"]["epochs_per_step"] = [6]
@@ -362,20 +437,25 @@ def test_optuna_search_concurrent_multi_objective(tmp_path, local_ray):
     suggested = {(t.params["model.latent_dims.0"], t.params["model.n_clusters.0"]) for t in complete}
     runs = trial_runs(tmp_path / "results" / "t")
     assert {(r["config"]["model"]["latent_dims"][0], r["config"]["model"]["n_clusters"][0]) for r in runs} == suggested
-    # replicates: every suggestion trained with seeds 0 and 1; Optuna saw the mean of the two
+    # replicates: every suggestion trained with seeds 0 and 1; Optuna saw the mean validation ELBO of the
+    # two, and the agreement of their partitions of the validation images (from their assignments.npz)
+    from harness.agreement import suggestion_agreement
+
     assert sorted(r["seed"] for r in runs) == [0, 0, 0, 0, 1, 1, 1, 1]
     for t in complete:
         mine = [r for r in runs if (r["config"]["model"]["latent_dims"][0], r["config"]["model"]["n_clusters"][0])
                 == (t.params["model.latent_dims.0"], t.params["model.n_clusters.0"])]
         assert len(mine) == 2
-        assert t.values[0] == pytest.approx(sum(r["final"]["elbo"] for r in mine) / 2)
+        assert t.values[0] == pytest.approx(sum(r["final"]["val/elbo"] for r in mine) / 2)
+        assert "val/agreement" not in mine[0]["final"]  # no trial reports it
+        assert t.values[1] == pytest.approx(suggestion_agreement([r["dir"] for r in mine])["val/agreement"])
     # the report reads the study
     from reports.report import ReportOptions, build_report
 
     index = build_report([tmp_path / "results" / "t"], tmp_path / "report",
                          ReportOptions(lpips_samples=0, probes=False, run_figures=False), log=lambda s: None)
     text = index.read_text()
-    assert "Optuna search: t" in text and "Best trials" in text and "spearman rho" in text
+    assert "Optuna search: t" in text and "Best trials" in text
     # seeds are trials of their own, so replicates run in parallel too (max_concurrent 2)
     spans = sorted((datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"])) for r in runs)
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two trials overlapped in time"

@@ -1,10 +1,13 @@
 import json
+import re
 
+import numpy as np
 import pytest
 import torch
 
+from harness.agreement import read_assignments, suggestion_agreement
 from harness.cli import main
-from harness.config import ConfigError, TrialConfig, load_trial_config
+from harness.config import ConfigError, TrialConfig, load_trial_config, read_run_config
 from harness.trainer import Schedule, TrialFailed, run_trial
 
 QUIET = dict(log=lambda s: None)
@@ -54,6 +57,83 @@ def test_trial_writes_metrics_result_and_checkpoint(tmp_path):
     assert (tmp_path / "config.yaml").exists()
 
 
+def test_validation_metrics_and_assignments_of_every_evaluation(tmp_path):
+    from harness.data import load_dataset
+    from models import build_model
+
+    cfg = small_config()
+    result = run_trial(cfg, tmp_path, **QUIET)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        for key in ("elbo", "log_px", "acc/facet1/digit", "val/elbo", "val/log_px", "val/kl_z/facet1",
+                    "val/kl_c/facet2", "val/acc/facet1/digit", "val/nmi/facet2/digit", "val/ari/facet1/digit",
+                    "val/clusters_used/facet2", "val/silhouette/facet1", "val/silhouette/facet2"):
+            assert key in line, key
+        assert -1 <= line["val/silhouette/facet1"] <= 1
+    assert result["final"] == lines[-1]
+    # assignments.npz: the last evaluation's argmax q(c_j | x) of the 144 validation and 359 test images
+    with np.load(tmp_path / "assignments.npz") as saved:
+        assert int(saved["epoch"]) == 4
+    val, test = read_assignments(tmp_path, "val"), read_assignments(tmp_path, "test")
+    assert [a.shape for a in val] == [(144,), (144,)] and [a.shape for a in test] == [(359,), (359,)]
+    assert [len(np.unique(a)) for a in val] == [lines[-1]["val/clusters_used/facet1"],
+                                               lines[-1]["val/clusters_used/facet2"]]
+    # ... of those images in their stored order: the checkpointed model clusters them the same way
+    data = load_dataset("digits", validation_fraction=0.1)
+    model = build_model(cfg.model, data.image_shape, data.likelihood)
+    model.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"])
+    model.eval()
+    for saved, x in ((val, data.x_val), (test, data.x_test)):
+        assert all(np.array_equal(a, p.argmax(1).numpy()) for a, p in zip(saved, model.cluster_probs(x)))
+
+
+def test_no_validation_split_no_validation_metrics(tmp_path):
+    run_trial(small_config(dataset={"validation_fraction": 0}), tmp_path, **QUIET)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "elbo" in lines[-1] and not any(k.startswith("val/") for line in lines for k in line)
+    assert read_assignments(tmp_path, "val") is None and len(read_assignments(tmp_path, "test")) == 2
+
+
+def test_training_never_sees_validation_or_test_images(tmp_path, monkeypatch):
+    """Validation and test images are NaN: a training loss or prior init that read one would be NaN (and
+    the GMM would refuse them). Every batch the model trains on is a row of the training set."""
+    import harness.data
+    import harness.trainer
+    from models.mfcvae import MFCVAE
+
+    loaded = []
+
+    def poisoned(*args, **kwargs):
+        data = harness.data.load_dataset(*args, **kwargs)
+        loaded.append({"x_train": data.x_train, "x_val": data.x_val.clone()})
+        data.x_val = torch.full_like(data.x_val, float("nan"))
+        data.x_test = torch.full_like(data.x_test, float("nan"))
+        return data
+
+    trained_on = []
+    original_loss_terms = MFCVAE.loss_terms
+
+    def recording_loss_terms(self, x, *args, **kwargs):
+        if self.training:
+            trained_on.append(x.detach().clone())
+        return original_loss_terms(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(harness.trainer, "load_dataset", poisoned)
+    monkeypatch.setattr(MFCVAE, "loss_terms", recording_loss_terms)
+    for seed in (0, 1):
+        cfg = small_config(model={"init": "data"}, training={"seed": seed, "epochs_per_step": [1, 1]})
+        result = run_trial(cfg, tmp_path / f"seed{seed}", **QUIET)
+        assert result["status"] == "completed"
+        lines = [json.loads(line) for line in (tmp_path / f"seed{seed}" / "metrics.jsonl").read_text().splitlines()]
+        assert all(np.isfinite(line["train_loss"]) for line in lines)
+        assert lines[-1]["elbo"] is None and lines[-1]["val/elbo"] is None  # evaluation did read the NaN images
+    train_rows = {row.numpy().tobytes() for row in loaded[0]["x_train"]}
+    assert trained_on and all(row.numpy().tobytes() in train_rows for x in trained_on for row in x)
+    # both seeds trained on the same training set and held out the same validation images, in the same order
+    assert torch.equal(loaded[0]["x_train"], loaded[1]["x_train"]) and len(loaded[0]["x_val"]) == 144
+    assert torch.equal(loaded[0]["x_val"], loaded[1]["x_val"])
+
+
 def test_same_seed_gives_identical_metrics(tmp_path):
     cfg = small_config()
     run_trial(cfg, tmp_path / "a", **QUIET)
@@ -62,6 +142,10 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     other = small_config(training={"seed": 1})
     run_trial(other, tmp_path / "c", **QUIET)
     assert (tmp_path / "a" / "metrics.jsonl").read_text() != (tmp_path / "c" / "metrics.jsonl").read_text()
+    # seed agreement from the runs' assignments.npz: identical runs agree fully, other seeds less
+    same = suggestion_agreement([tmp_path / "a", tmp_path / "b"])
+    assert same == {"val/agreement": 1.0, "val/agreement/facet1": 1.0, "val/agreement/facet2": 1.0}
+    assert suggestion_agreement([tmp_path / "a", tmp_path / "c"])["val/agreement"] < 1.0
 
 
 class Killed(Exception):
@@ -101,7 +185,13 @@ def test_baselines_run_through_the_same_trainer(tmp_path):
         cfg = small_config(model={"name": name, "latent_dims": [1], "n_clusters": [10], "hidden_sizes": None},
                            training={"epochs_per_step": [1]})
         result = run_trial(cfg, tmp_path / name, **QUIET)
-        assert 0.5 < result["final"]["acc/facet1/digit"] <= 1.0
+        final = result["final"]
+        assert 0.5 < final["acc/facet1/digit"] <= 1.0 and 0.5 < final["val/acc/facet1/digit"] <= 1.0
+        assert {"val/nmi/facet1/digit", "val/ari/facet1/digit", "val/clusters_used/facet1"} <= set(final)
+        assert not any("elbo" in k or "silhouette" in k for k in final)  # a baseline has neither
+        with np.load(tmp_path / name / "assignments.npz") as saved:
+            assert {k: saved[k].shape for k in saved.files} == {"epoch": (), "val_facet1": (144,),
+                                                                "test_facet1": (359,)}
 
 
 @pytest.mark.parametrize("override,message", [
@@ -151,6 +241,7 @@ def test_cli_train_and_bad_input(tmp_path, capsys):
     printed = capsys.readouterr()
     assert "\x1b[" not in printed.out + printed.err  # not a terminal: no progress bar, no ANSI codes
     assert "epoch 1/1 step 1 alphas [1] |" in printed.out and "| eta 00:00:00" in printed.out
+    assert re.search(r"\| test elbo -?[0-9.]+, val elbo -?[0-9.]+ \|", printed.out)
     assert main(["train", "--set", "model.covariance=ful", "--out", str(tmp_path / "bad")]) == 2
     assert "model.covariance" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # nothing started
@@ -213,8 +304,6 @@ def test_resume_may_change_only_where_it_runs(tmp_path, capsys):
     ("data", "file not found"),
 ])
 def test_a_trial_that_dies_early_leaves_a_failure_record(tmp_path, monkeypatch, breakage, message):
-    import numpy as np
-
     npz = tmp_path / "images.npz"
     np.savez(npz, x=np.random.default_rng(0).random((40, 8, 8)).astype(np.float32))
     cfg = small_config(dataset={"name": f"npz:{npz}"}, training={"batch_size": 16, "fade_in_batches": 2})
@@ -238,7 +327,8 @@ def test_tensorboard_event_files_hold_every_evaluation(tmp_path):
     accuracy = [e.value for e in events.Scalars("acc/facet1/digit")]
     assert [e.step for e in events.Scalars("elbo")] == [1, 2, 3, 4]
     assert accuracy == pytest.approx([m["acc/facet1/digit"] for m in lines])
-    assert [e.value for e in events.Scalars("alpha/facet1")] == [0.0, 0.0, 1.0, 1.0]  # facet 1 fades in over 10 of 12 batches
+    # facet 1 fades in over 10 of the 11 batches of an epoch
+    assert [e.value for e in events.Scalars("alpha/facet1")] == [0.0, 0.0, 1.0, 1.0]
 
 
 def test_bare_train_config_is_consistent():
@@ -276,5 +366,49 @@ def test_progress_bar_in_a_terminal(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stderr", terminal)
     run_trial(small_config(), tmp_path, progress=True, **QUIET)
     bar = terminal.getvalue()
-    assert "/48 [" in bar and "batch/s" in bar  # 4 epochs x 12 batches, counted per batch
+    assert "/44 [" in bar and "batch/s" in bar  # 4 epochs x 11 batches (1294 images), counted per batch
     assert "<00:00," in bar  # tqdm's elapsed<remaining: the ETA
+
+
+def test_resume_of_a_run_from_before_the_validation_split_keeps_training_on_all_images(tmp_path):
+    """A config.yaml without dataset.validation_fraction was trained on the whole training set: a
+    resume reads it as 0, not today's default, so the run continues on the images it began with."""
+    import yaml
+
+    legacy = small_config(dataset={"validation_fraction": 0})
+    run_trial(legacy, tmp_path / "whole", **QUIET)
+
+    def kill_after_epoch_2(metrics, run_dir):
+        if metrics["epoch"] == 2:
+            raise Killed
+
+    with pytest.raises(TrialFailed):
+        run_trial(legacy, tmp_path / "old", reporter=kill_after_epoch_2, **QUIET)
+    written = yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
+    del written["dataset"]["validation_fraction"]  # as the harness wrote it before the key existed
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(written))
+    assert load_trial_config(tmp_path / "old" / "config.yaml").dataset.validation_fraction == 0.1  # today's default
+    assert read_run_config(tmp_path / "old").dataset.validation_fraction == 0.0
+
+    assert main(["train", "--out", str(tmp_path / "old"), "--resume", "--set", "training.threads=1"]) == 0
+    assert (tmp_path / "old" / "metrics.jsonl").read_text() == (tmp_path / "whole" / "metrics.jsonl").read_text()
+    assert read_run_config(tmp_path / "old").dataset.validation_fraction == 0.0
+
+
+def test_sweep_trial_resumes_with_the_runs_own_config(tmp_path):
+    """harness.tune_trial: a run folder with a checkpoint continues with its config.yaml (a legacy one
+    read as validation_fraction 0); only RESUME_SAFE_KEYS come from what Tune passes now."""
+    import yaml
+
+    from harness.tune_trial import config_to_resume
+
+    written = small_config(dataset={"validation_fraction": 0}).model_dump(mode="json")
+    del written["dataset"]["validation_fraction"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(written))
+    requested = small_config(training={"threads": 3, "device": "cpu", "lr": 0.01},
+                             dataset={"data_root": str(tmp_path)})
+    said = []
+    config = config_to_resume(tmp_path, requested, log=said.append)
+    assert config.dataset.validation_fraction == 0.0 and config.training.lr == 0.002  # the run's own
+    assert (config.training.threads, config.training.device, config.dataset.data_root) == (3, "cpu", str(tmp_path))
+    assert "dataset.validation_fraction (run 0.0, sweep 0.1)" in said[0] and "training.lr" in said[0]

@@ -22,9 +22,16 @@ def __getattr__(name: str):  # PEP 562: the torch-backed names load on first use
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_dataset(name: str, data_root: str | Path | None = None, download: bool = False, split_seed: int = 0):
-    """Load a dataset by name; `split_seed` seeds random train/test splits (not the model)."""
+def load_dataset(name: str, data_root: str | Path | None = None, download: bool = False, split_seed: int = 0,
+                 validation_fraction: float = 0.0):
+    """Load a dataset by name, with `validation_fraction` of its training images held out as the
+    validation split (0: none); `split_seed` seeds the random splits (never the model seed)."""
     check_dataset_name(name)
+    return _load_shipped_splits(name, data_root, download, split_seed).with_validation(validation_fraction, split_seed)
+
+
+def _load_shipped_splits(name: str, data_root: str | Path | None, download: bool, split_seed: int):
+    """The dataset's own train/test split (a seeded 80/20 one for datasets that ship without one)."""
     root = Path(data_root).expanduser() if data_root else None
     if name.startswith("npz:"):
         from .npz import load_npz

@@ -2,21 +2,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Iterator, Literal, Optional
 
 import numpy as np
 import torch
 
-from .catalog import DatasetError
+from .catalog import DatasetError, validation_count
 
 Likelihood = Literal["bernoulli", "gaussian"]
 
 
 @dataclass
 class Dataset:
-    """Train and test images in [0, 1], shape (N, C, H, W), with ground-truth factors by name.
+    """Train, validation and test images in [0, 1], shape (N, C, H, W), with ground-truth factors by name.
 
-    Factor labels are for evaluation only; no training code reads them.
+    The validation images are carved from the training set (`with_validation`); without a
+    validation split `x_val` is empty, (0, C, H, W). Factor labels are for evaluation only; no
+    training code reads them.
     """
 
     name: str
@@ -26,9 +28,16 @@ class Dataset:
     y_test: dict[str, torch.Tensor]
     likelihood: Likelihood
     factors: dict[str, int] = field(default_factory=dict)
+    x_val: Optional[torch.Tensor] = None  # None: no validation split (made empty below)
+    y_val: Optional[dict[str, torch.Tensor]] = None
 
     def __post_init__(self) -> None:
-        for split, x, ys in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+        if self.x_val is None:
+            self.x_val = self.x_train[:0]
+            self.y_val = {f: y[:0] for f, y in self.y_train.items()}
+        splits = (("train", self.x_train, self.y_train), ("val", self.x_val, self.y_val),
+                  ("test", self.x_test, self.y_test))
+        for split, x, ys in splits:
             if x.ndim != 4:
                 raise DatasetError(f"{self.name}: x_{split} must be (N, C, H, W), got shape {tuple(x.shape)}")
             for factor, y in ys.items():
@@ -37,13 +46,22 @@ class Dataset:
                         f"{self.name}: factor {factor!r} has {len(y)} {split} labels for {len(x)} images"
                     )
         if not self.factors:
-            self.factors = {
-                f: int(max(self.y_train[f].max(), self.y_test[f].max()).item()) + 1 for f in self.y_train
-            }
+            self.factors = {f: int(max(int(ys[f].max()) for _, x, ys in splits if len(x))) + 1 for f in self.y_train}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    def with_validation(self, fraction: float, split_seed: int) -> "Dataset":
+        """This dataset with `fraction` of its training images moved to the validation split, chosen by
+        `split_seed` alone (`validation_split`); fraction 0 returns it unchanged."""
+        if fraction == 0:
+            return self
+        train, val = validation_split(len(self.x_train), fraction, split_seed, self.name)
+        train_t, val_t = torch.from_numpy(train), torch.from_numpy(val)
+        return Dataset(self.name, self.x_train[train_t], self.x_test, {f: y[train_t] for f, y in self.y_train.items()},
+                       self.y_test, self.likelihood, dict(self.factors), x_val=self.x_train[val_t],
+                       y_val={f: y[val_t] for f, y in self.y_train.items()})
 
     def to(self, device: torch.device | str) -> "Dataset":
         """Move images to `device` once, so batching never copies from host memory again."""
@@ -53,12 +71,13 @@ class Dataset:
         else:
             move = lambda t: t.to(device)  # noqa: E731
         return Dataset(self.name, move(self.x_train), move(self.x_test), self.y_train, self.y_test,
-                       self.likelihood, dict(self.factors))
+                       self.likelihood, dict(self.factors), x_val=move(self.x_val), y_val=self.y_val)
 
     def describe(self) -> str:
         c, h, w = self.image_shape
         factors = ", ".join(f"{f}({k})" for f, k in self.factors.items())
-        return f"{c}x{h}x{w}, {len(self.x_train)} train / {len(self.x_test)} test, factors: {factors}"
+        validation = f" / {len(self.x_val)} validation" if len(self.x_val) else ""
+        return f"{c}x{h}x{w}, {len(self.x_train)} train{validation} / {len(self.x_test)} test, factors: {factors}"
 
 
 NEAR_BINARY_MAX_GREY_SHARE = 0.2
@@ -79,6 +98,26 @@ def seeded_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, n
     order = np.random.default_rng(seed).permutation(n)
     n_test = int(round(n * test_fraction))
     return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+# Mixed into the validation split's seed, so its draw is independent of `seeded_split`'s (both depend
+# on split_seed only, never on the model seed)
+VALIDATION_STREAM = 0x5A11D
+
+
+def validation_split(n_train: int, fraction: float, split_seed: int,
+                     name: str = "dataset") -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices (kept training images, validation images) of a random split of `n_train`
+    training images that depends on `split_seed` only: every model seed of a config sees the same
+    validation images, in the same order."""
+    if not 0 <= fraction < 1:
+        raise DatasetError(f"dataset.validation_fraction must be in [0, 1) (0: no validation split), got {fraction}")
+    n_val = validation_count(n_train, fraction)
+    if fraction > 0 and (n_val < 2 or n_train - n_val < 2):
+        raise DatasetError(f"dataset.validation_fraction {fraction} leaves {n_val} validation and {n_train - n_val} "
+                           f"training images of {name}'s {n_train}; each needs at least 2")
+    order = np.random.default_rng([split_seed, VALIDATION_STREAM]).permutation(n_train)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 def as_images(array: np.ndarray, name: str = "x") -> np.ndarray:

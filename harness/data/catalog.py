@@ -7,7 +7,7 @@ heavy starts. For `npz:PATH` the array headers are read, not the arrays.
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -18,24 +18,44 @@ class DatasetError(ValueError):
     """A dataset cannot be loaded: unknown name, missing files, or invalid arrays."""
 
 
+DEFAULT_VALIDATION_FRACTION = 0.1  # dataset.validation_fraction when a config does not set it
+
+
+def validation_count(n_train: int, fraction: float) -> int:
+    """How many of `n_train` training images a validation split of `fraction` holds out (the loaders'
+    rule, known here without loading anything)."""
+    return int(round(n_train * fraction))
+
+
 @dataclass(frozen=True)
 class DatasetShape:
-    """Sizes of a dataset's splits; `factors` maps factor name -> number of values (None: unknown)."""
+    """Sizes of a dataset's splits; `factors` maps factor name -> number of values (None: unknown).
+
+    `n_train` counts the images training sees: the dataset's training set less the `n_val`
+    validation images carved from it (none in the catalogue, which lists the datasets as shipped).
+    """
 
     image_shape: tuple[int, int, int]
     n_train: int
     n_test: int
     factors: dict[str, Optional[int]]
+    n_val: int = 0
 
     @property
     def n_pixels(self) -> int:
         c, h, w = self.image_shape
         return c * h * w
 
+    def with_validation(self, fraction: float) -> "DatasetShape":
+        """The sizes once `fraction` of the training images is held out for validation."""
+        n_val = validation_count(self.n_train, fraction)
+        return replace(self, n_train=self.n_train - n_val, n_val=self.n_val + n_val)
+
     def describe(self) -> str:
         c, h, w = self.image_shape
         factors = ", ".join(f"{f}({k if k is not None else '?'})" for f, k in self.factors.items())
-        return f"{c}x{h}x{w}, {self.n_train} train / {self.n_test} test, factors: {factors or 'none'}"
+        validation = f" / {self.n_val} validation" if self.n_val else ""
+        return f"{c}x{h}x{w}, {self.n_train} train{validation} / {self.n_test} test, factors: {factors or 'none'}"
 
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -106,3 +106,32 @@ def image_grid(rows: list[np.ndarray], path: Path, row_labels: list[str], title:
     fig.suptitle(title, fontsize=9)
     save_atomic(fig, path)
     return path
+
+
+def selection_scatter(units: pd.DataFrame, criteria: list[str], target: str, out: Path) -> list[Path]:
+    """Per (dataset, factor): one panel per criterion, each unit's criterion against its `target`
+    accuracy, one point per unit (the frame of reports.selection.selection_criteria), so a reader
+    sees what a rank correlation summarises: which units a criterion would have picked."""
+    written = []
+    if units.empty or target not in units:
+        return written
+    for (dataset, factor), group in units.groupby(["dataset", "factor"]):
+        shown = [c for c in criteria if c in group and group[[c, target]].notna().all(axis=1).sum() >= 2]
+        if not shown:
+            continue
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.4 * len(shown), 3.2), squeeze=False)
+        for ax, criterion in zip(axes[0], shown):
+            pair = group.dropna(subset=[criterion, target])
+            ax.scatter(pair[criterion], 100 * pair[target], s=18)
+            best = pair.loc[pair[criterion].idxmax()]
+            ax.scatter([best[criterion]], [100 * best[target]], s=60, facecolors="none", edgecolors="red",
+                       label="ranked first")
+            ax.set_xlabel(criterion)
+            ax.grid(alpha=0.3)
+        axes[0, 0].set_ylabel(f"{target} % ({factor})")
+        axes[0, 0].legend(fontsize=8)
+        fig.suptitle(f"{dataset}: label-free criteria against {target}, one point per config", fontsize=10)
+        path = out / f"selection_{slug(dataset)}_{slug(factor)}.png"
+        save_atomic(fig, path)
+        written.append(path)
+    return written

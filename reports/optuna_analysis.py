@@ -19,16 +19,17 @@ from .figures import save_atomic, slug  # noqa: E402
 
 
 def optuna_sections(paths: list[Path], out: Path) -> list[tuple[str, str]]:
+    """One section per Optuna study in the experiments' journals; optuna is imported only if one exists."""
+    journals = [(Path(root), Path(root) / JOURNAL_FILE) for root in paths if (Path(root) / JOURNAL_FILE).exists()]
+    if not journals:
+        return []
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sections = []
-    for root in paths:
-        journal = Path(root) / JOURNAL_FILE
-        if not journal.exists():
-            continue
+    for root, journal in journals:
         storage = JournalStorage(JournalFileBackend(str(journal)))
         for summary in optuna.get_all_study_summaries(storage):
             study = optuna.load_study(study_name=summary.study_name, storage=storage)

@@ -262,6 +262,10 @@ def _selection_section(runs: pd.DataFrame, out: Path) -> tuple[str, str]:
         plain_note = re.sub(r"<[^>]+>", "", note)  # the note's tags are only emphasis and code
         markdown.append(f"## {title}\n\n{plain_note}\n\n" + (
             writers.to_markdown(shown) if shown is not None else writers.markdown_cell(missing) + "\n"))
+    images = figures.selection_scatter(units, [*selection.CRITERIA, selection.VAL_ACCURACY], selection.TEST_ACCURACY,
+                                       out)
+    html_parts += [f"<p><img src='{html.escape(p.name)}' alt='{html.escape(p.stem)}'></p>" for p in images]
+    markdown += [f"![{p.stem}]({p.name})\n" for p in images]
     html_parts.append("<h3>Units</h3><p class='note'>One row per unit and factor: the criteria and accuracies "
                       "above (accuracies in [0, 1]).</p>" + writers.to_html_table(units_shown))
     writers.write_text_atomic(out / "selection.md", "\n".join(markdown))

@@ -29,8 +29,8 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     for (dataset, variant), group in done.groupby(["dataset", "variant"], sort=True):
         for column in metric_columns(group, "acc"):
             facet, factor = facet_factor(column)
-            if group[column].isna().all():
-                continue
+            if group[column].isna().all() or (facet in PROTOCOLS and single_facet(done, dataset)):
+                continue  # with one facet per run, both headline rows would repeat facet 1
             acc = describe(group[column].tolist())
             rows.append({
                 "dataset": dataset, "variant": variant, "facet": facet, "factor": factor,
@@ -57,6 +57,13 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
                 table.loc[block[column].idxmax(), "best"] += column.removesuffix("_mean") + " "
     table["best"] = table["best"].str.strip()
     return table.sort_values(["dataset", "factor", "facet", "variant"], key=_facets_in_order).reset_index(drop=True)
+
+
+def single_facet(runs: pd.DataFrame, dataset: str) -> bool:
+    """Whether every run of `dataset` has one facet (no acc/facet2/... column holds a value)."""
+    of_dataset = runs[runs["dataset"] == dataset]
+    return not any(of_dataset[c].notna().any() for c in metric_columns(of_dataset, "acc")
+                   if facet_factor(c)[0].isdigit() and facet_factor(c)[0] != "1")
 
 
 def _facets_in_order(column: pd.Series) -> pd.Series:

@@ -227,6 +227,8 @@ def test_report_with_validation_metrics(tmp_path):
     assert set(criteria["criterion"]) == {"val ELBO", "seed agreement", "silhouette", "val accuracy"}
     markdown = (out / "selection.md").read_text()
     assert "## Do label-free criteria pick good models?" in markdown and "| val ELBO |" in markdown
+    figure = next(out.glob("selection_*.png"))  # criteria against test accuracy, linked from selection.md
+    assert f"]({figure.name})" in markdown and figure.name in text
 
 
 def test_selection_imports_no_training_code():
@@ -234,3 +236,15 @@ def test_selection_imports_no_training_code():
             "bad = [m for m in ('torch', 'harness.config', 'harness.trainer', 'models') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_single_facet_runs_get_no_headline_rows(tmp_path):
+    """With one facet per run, "chosen on val labels" and "max on test labels" would repeat facet 1."""
+    for seed, acc in ((0, 0.7), (1, 0.8)):
+        write_run(tmp_path, f"a{seed}", "A", seed, {"val/acc/facet1/digit": acc, "acc/facet1/digit": acc,
+                                                    "nmi/facet1/digit": 0.5, "ari/facet1/digit": 0.4})
+    assert summary_table(load_runs([tmp_path])[0])["facet"].tolist() == ["1"]
+    write_run(tmp_path, "b0", "B", 0, {**scores("val/acc", 0.2, 0.6), **scores("acc", 0.7, 0.65),
+                                       **scores("nmi", 0.4, 0.35), **scores("ari", 0.3, 0.25)})
+    table = summary_table(load_runs([tmp_path])[0])  # a two-facet variant beside it: both get headline rows
+    assert set(table[table["variant"] == "A"]["facet"]) == {"1", "val", "max"}

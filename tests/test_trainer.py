@@ -115,7 +115,7 @@ def test_training_never_sees_validation_or_test_images(tmp_path, monkeypatch):
 
     def recording_loss_terms(self, x, *args, **kwargs):
         if self.training:
-            trained_on.append(x.detach().clone())
+            trained_on.append(x.detach().cpu())  # off the GPU when the test runs on CUDA
         return original_loss_terms(self, x, *args, **kwargs)
 
     monkeypatch.setattr(harness.trainer, "load_dataset", poisoned)
@@ -152,13 +152,15 @@ class Killed(Exception):
     pass
 
 
+def kill_after_epoch_2(metrics, run_dir):
+    """A reporter that stops the trial right after its second evaluation, as a kill would."""
+    if metrics["epoch"] == 2:
+        raise Killed
+
+
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     cfg = small_config()
     run_trial(cfg, tmp_path / "whole", **QUIET)
-
-    def kill_after_epoch_2(metrics, run_dir):
-        if metrics["epoch"] == 2:
-            raise Killed
 
     with pytest.raises(TrialFailed):
         run_trial(cfg, tmp_path / "killed", reporter=kill_after_epoch_2, **QUIET)
@@ -377,10 +379,6 @@ def test_resume_of_a_run_from_before_the_validation_split_keeps_training_on_all_
 
     legacy = small_config(dataset={"validation_fraction": 0})
     run_trial(legacy, tmp_path / "whole", **QUIET)
-
-    def kill_after_epoch_2(metrics, run_dir):
-        if metrics["epoch"] == 2:
-            raise Killed
 
     with pytest.raises(TrialFailed):
         run_trial(legacy, tmp_path / "old", reporter=kill_after_epoch_2, **QUIET)

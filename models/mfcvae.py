@@ -18,7 +18,7 @@ from torch.distributions import Independent, Normal
 
 from . import elbo as elbo_terms
 from .config import ModelConfig
-from .init import data_dependent_init, fit_gmm, glorot_init
+from .init import batch_statistics, data_dependent_init, fit_gmm, glorot_init
 from .ladder import LadderConvDecoder, LadderConvEncoder, LadderMLPDecoder, LadderMLPEncoder
 from .likelihoods import make_likelihood
 from .priors import MixturePrior
@@ -145,8 +145,11 @@ class MFCVAE(nn.Module):
                 generator: torch.Generator | None = None) -> list[np.ndarray]:
         """Per facet, (N, d_j) latents of q(z_j | x) over `x`: samples or means."""
         chunks = [[] for _ in self.priors]
-        for start in range(0, len(x), batch_size):
-            params = self.encode(x[start:start + batch_size])
+        starts = list(range(0, len(x), batch_size))
+        if len(starts) > 1 and len(x) - starts[-1] == 1:
+            starts.pop()  # a last chunk of one image joins the one before: batch norm in train mode needs two
+        for start, end in zip(starts, starts[1:] + [len(x)]):
+            params = self.encode(x[start:end])
             zs = self.reparameterise(params, generator) if sample else [m for m, _ in params]
             for j, z in enumerate(zs):
                 chunks[j].append(z.cpu().numpy().astype(np.float64))
@@ -170,8 +173,8 @@ class MFCVAE(nn.Module):
             self.train()
             data_dependent_init(self, lambda: self.loss_terms(batch, generator=generator))
             self.train(was_training)
-        self.eval()
-        latents = self.latents(x_train, sample=self.config.prior_init_latents == "sample", generator=generator)
+        with batch_statistics(self):  # the encoder as it trains, not eval mode's initial running statistics
+            latents = self.latents(x_train, sample=self.config.prior_init_latents == "sample", generator=generator)
         for j, (prior, z) in enumerate(zip(self.priors, latents)):
             gmm = fit_gmm(z, prior.n_clusters, seed)
             prior.set_means(torch.as_tensor(gmm.means_, dtype=prior.means.dtype, device=prior.means.device))

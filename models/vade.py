@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .init import fit_gmm
+from .init import batch_statistics, fit_gmm
 from .mfcvae import MFCVAE
 
 
@@ -40,8 +40,8 @@ class VaDE(MFCVAE):
         generator = torch.Generator(device=x_train.device).manual_seed(seed)
         if self.config.pretrain_epochs:
             self.pretrain_autoencoder(x_train, self.config.pretrain_epochs, batch_size, lr, generator, log)
-        self.eval()
-        (latents,) = self.latents(x_train, sample=False)
+        with batch_statistics(self):  # as in MFCVAE.prepare: the encoder as it trains
+            (latents,) = self.latents(x_train, sample=False)
         prior = self.priors[0]
         gmm = fit_gmm(latents, prior.n_clusters, seed)
         as_tensor = lambda a: torch.as_tensor(a, dtype=prior.means.dtype, device=prior.means.device)  # noqa: E731

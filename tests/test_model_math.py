@@ -198,3 +198,31 @@ def test_data_dependent_init_normalises_layer_outputs():
     out = first(x[:512])
     assert abs(out.mean().item()) < 1e-4 and abs(out.std().item() - 1) < 1e-2
     assert abs(before - 1) > 0.05  # the init changed something
+
+
+def test_prior_init_sees_the_encoder_as_it_trains_not_eval_mode_batch_norm():
+    """Issue 11's defect: in eval mode an untrained conv encoder's batch norm uses its initial running
+    statistics, and the GMM put the prior means where no training-mode latent goes."""
+    from models.init import batch_statistics
+
+    config = ModelConfig(architecture="ladder-conv", latent_dims=[4, 2], n_clusters=[5, 3], init="glorot",
+                         likelihood="gaussian")
+    model = build_model(config, (3, 32, 32), "gaussian")
+    x = torch.rand(300, 3, 32, 32)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for m in norms]
+    with torch.no_grad(), batch_statistics(model):
+        training_means = [mean for mean, _ in model.encode(x)]
+    model.eval()
+    with torch.no_grad():
+        eval_means = [mean for mean, _ in model.encode(x)]
+    model.prepare(x, seed=0, batch_size=100, lr=1e-3, log=lambda s: None)
+    for prior, train_z, eval_z in zip(model.priors, training_means, eval_means):
+        spread = prior.means.detach().std().item()
+        # the prior means spread like the latents training will see, not like eval mode's
+        assert abs(spread - train_z.std().item()) < abs(spread - eval_z.std().item())
+        assert train_z.std().item() > 2 * eval_z.std().item()  # the gap the defect lived in
+    for m, (mean, var, tracked) in zip(norms, before):  # running statistics untouched
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        assert int(m.num_batches_tracked) == tracked
+    assert model.training

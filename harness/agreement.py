@@ -29,12 +29,19 @@ AGREEMENT_OBJECTIVE = "val/agreement"  # mean over facets of the aligned mean pa
 
 def partition_agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """ARI and NMI between two partitions of the same points (1 for identical up to relabelling,
-    about 0 for independent random partitions)."""
+    about 0 for independent random partitions).
+
+    0 when either puts every point into one cluster: sklearn scores two such collapsed partitions 1
+    (they are identical), but seeds that all collapse have found no clustering to agree on, and a
+    search on agreement must not steer towards collapse.
+    """
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         raise ValueError(f"partitions of different sets: {a.shape} vs {b.shape} points")
+    if len(np.unique(a)) < 2 or len(np.unique(b)) < 2:
+        return {"ari": 0.0, "nmi": 0.0}
     return {"ari": float(adjusted_rand_score(a, b)), "nmi": float(normalized_mutual_info_score(a, b))}
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, \
-    model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, \
+    field_validator, model_validator
 
 from models.config import ModelConfig
 
@@ -33,7 +33,7 @@ class DatasetConfig(BaseModel):
     name: str = "digits"
     data_root: Optional[str] = Field(default=None, description="folder (or 3dshapes.h5) holding the files")
     download: bool = Field(default=False, description="let torchvision download mnist/svhn (needs internet)")
-    split_seed: int = Field(default=0, description="seeds the random train/validation/test splits, independent of "
+    split_seed: NonNegativeInt = Field(default=0, description="seeds the random train/validation/test splits, independent of "
                                                    "the model seed")
     validation_fraction: float = Field(
         default=DEFAULT_VALIDATION_FRACTION,
@@ -300,16 +300,22 @@ def load_trial_config(source: str | Path | None = None, overrides: list[str] = (
 LEGACY_RUN_DEFAULTS = {("dataset", "validation_fraction"): 0.0}
 
 
-def read_run_config(run: str | Path) -> TrialConfig:
-    """The config a run folder (or its config.yaml) was trained with, keys it lacks read as the
-    run meant them (LEGACY_RUN_DEFAULTS), not as today's defaults."""
-    path = Path(run)
-    if path.is_dir():
-        path = path / "config.yaml"
-    data = read_yaml(path)
+def with_legacy_defaults(data: dict) -> dict:
+    """A written trial config (a run's config.yaml, a sweep's recorded trial) with the keys it lacks
+    set as the code that wrote it meant them (LEGACY_RUN_DEFAULTS), not to today's defaults. Every
+    config written since a key existed holds it (configs are written fully resolved)."""
     for (section, key), value in LEGACY_RUN_DEFAULTS.items():
         if isinstance(data.get(section, {}), dict):
             data.setdefault(section, {}).setdefault(key, value)
+    return data
+
+
+def read_run_config(run: str | Path) -> TrialConfig:
+    """The config a run folder (or its config.yaml) was trained with (with_legacy_defaults)."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / "config.yaml"
+    data = with_legacy_defaults(read_yaml(path))
     return validate(TrialConfig, data, f"config of the run in {path.parent}")
 
 

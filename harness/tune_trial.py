@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .config import RESUME_SAFE_KEYS, TrialConfig, differences, read_run_config
+from .config import RESUME_SAFE_KEYS, TrialConfig, differences, read_run_config, with_legacy_defaults
 from .files import write_json_atomic
 from .layout import TRIAL_META, run_folder
 from .trial_device import trial_device
@@ -140,7 +140,9 @@ def _what_to_train(params: dict, grid_trials: Sequence[dict]) -> tuple[str, dict
         point, overrides = grid_trials[params["trial_index"]], grid_trials[params["trial_index"]]["overrides"]
     else:
         point, overrides = params["grid_point"], params.get("overrides", {})
-    return point["variant"], overrides, json.loads(json.dumps(point["trial"]))
+    # A trial recorded by an experiment started before a key existed (its grid trials, or the base a
+    # pickled searcher holds) keeps training as that experiment began: its seeds stay comparable.
+    return point["variant"], overrides, with_legacy_defaults(json.loads(json.dumps(point["trial"])))
 
 
 def _record_start(trial_dir: Path, variant: str, overrides: dict, trial_index: int | None, config: dict,

@@ -238,13 +238,13 @@ def _selection_section(runs: pd.DataFrame, out: Path) -> tuple[str, str]:
         "the silhouette of each facet's posterior means under its own clusters. Spearman's rho against the "
         "units' val accuracy (mean over seeds of the best facet's validation accuracy) and test accuracy "
         "(of the facet chosen on validation labels), each with a 95% bootstrap CI over units; regret: the best "
-        "test accuracy among the units used minus that of the unit the criterion ranks first (ties: their "
+        "test accuracy among all units with both accuracies minus that of the unit the criterion ranks first (ties: their "
         "mean). <b>val accuracy</b> is a reference row: selection on validation labels. Units missing a "
         "criterion are left out of its row (units used of those with both accuracies). Numbers: criteria.csv "
         "and, per unit, selection.csv.")
     agreement_note = (
         "Do seeds of one config find the same partition of the test images? Mean pairwise ARI and NMI over "
-        "the unit's seed pairs with a 95% bootstrap CI over pairs (1: the same clusters up to their numbering, "
+        "the unit's seed pairs with a 95% bootstrap CI that resamples seeds (pairs sharing a seed are not independent) (1: the same clusters up to their numbering, "
         "0: no more alike than chance). Facet j is compared with facet j, because the ladder architecture "
         "ties facet j to depth j. <b>matched</b>: per seed pair, the facets paired by the Hungarian algorithm on "
         "their ARI and the mean over those facet pairs, then averaged over seed pairs; the comparison that fits "

@@ -23,7 +23,7 @@ from harness.agreement import AGREEMENT_OBJECTIVE, aligned_pairs, matched_facets
     read_assignments, suggestion_agreement
 
 from .load import facets_by_factor, with_best_facet
-from .stats import describe, spearman_with_ci
+from .stats import pairwise_mean, spearman_with_ci
 
 # What the runs of one unit may differ in: None drops the whole section
 SEED_FREE_KEYS = {"training": ("seed", "device", "threads"), "dataset": ("data_root", "download"), "evaluation": None}
@@ -74,6 +74,9 @@ def with_units(runs: pd.DataFrame) -> pd.DataFrame:
     if done.empty:
         return done.assign(unit_config=pd.Series(dtype=str), unit=pd.Series(dtype=str))
     done["unit_config"] = done["config"].map(_unit_config)
+    # An Optuna search that suggests the same values twice trains seeds base+0..R-1 twice, into one
+    # unit: count each seed once, or identical runs would pair up as perfect agreement.
+    done = done.sort_values("run_dir").drop_duplicates(subset=UNIT + ["seed"], keep="first")
     labels = {}
     for variant, units in done[UNIT].drop_duplicates().groupby("variant"):
         flat = [_flatten(json.loads(config)) for config in units["unit_config"]]
@@ -87,13 +90,16 @@ def with_units(runs: pd.DataFrame) -> pd.DataFrame:
     return done
 
 
-def _mean_with_ci(pairs: list[dict]) -> dict:
-    """Mean ARI and NMI over seed pairs, each with a 95% percentile-bootstrap CI over the pairs (seeded)."""
+def _mean_with_ci(pairs: list[dict], n_seeds: int) -> dict:
+    """Mean ARI and NMI over seed pairs ({"a", "b", "ari", "nmi"}, a < b seed indices), each with a 95%
+    bootstrap CI that resamples seeds (reports.stats.pairwise_mean)."""
     out = {}
     for metric in ("ari", "nmi"):
-        summary = describe([p[metric] for p in pairs])
-        out.update({f"{metric}_mean": summary["mean"], f"{metric}_ci_low": summary["ci_low"],
-                    f"{metric}_ci_high": summary["ci_high"]})
+        scores = np.full((n_seeds, n_seeds), np.nan)
+        for p in pairs:
+            scores[p["a"], p["b"]] = scores[p["b"], p["a"]] = p[metric]
+        summary = pairwise_mean(scores)
+        out.update({f"{metric}_{key}": summary[key] for key in ("mean", "ci_low", "ci_high")})
     return out
 
 
@@ -101,7 +107,7 @@ def seed_agreement(runs: pd.DataFrame) -> pd.DataFrame:
     """Per unit and facet: how alike the unit's seeds partition the TEST images (label-free).
 
     Facet j of every seed against facet j of every other ("aligned": the ladder ties facet j to depth
-    j): mean pairwise ARI and NMI with 95% bootstrap CIs over seed pairs. With more than one facet also
+    j): mean pairwise ARI and NMI with 95% bootstrap CIs that resample seeds. With more than one facet also
     a "matched" row: per seed pair, the facets paired by the Hungarian algorithm on their ARI
     (harness.agreement.matched_facets) and the mean ARI and NMI of the pairs, averaged over seed pairs;
     it is the comparison that fits a shared architecture, whose facets have no fixed order. Units with
@@ -116,15 +122,15 @@ def seed_agreement(runs: pd.DataFrame) -> pd.DataFrame:
                 "seeds": len(kept), "pairs": len(kept) * (len(kept) - 1) // 2}
         n_facets = len(kept[0])
         for j in range(1, n_facets + 1):
-            rows.append({**unit, "facet": str(j), **_mean_with_ci(aligned_pairs(kept, j))})
+            rows.append({**unit, "facet": str(j), **_mean_with_ci(aligned_pairs(kept, j), len(kept))})
         if n_facets > 1:
             matched = []
-            for a, b in itertools.combinations(kept, 2):
+            for (first, a), (second, b) in itertools.combinations(enumerate(kept), 2):
                 pairing, ari = matched_facets(a, b)
-                matched.append({"ari": float(np.mean([ari[i - 1, k - 1] for i, k in pairing])),
+                matched.append({"a": first, "b": second, "ari": float(np.mean([ari[i - 1, k - 1] for i, k in pairing])),
                                 "nmi": float(np.mean([partition_agreement(a[i - 1], b[k - 1])["nmi"]
                                                       for i, k in pairing]))})
-            rows.append({**unit, "facet": "matched", **_mean_with_ci(matched)})
+            rows.append({**unit, "facet": "matched", **_mean_with_ci(matched, len(kept))})
     return pd.DataFrame(rows)
 
 
@@ -162,7 +168,7 @@ def criterion_quality(units: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Per (dataset, factor, criterion): how well ranking the units by the criterion ranks them by
     accuracy. Among the units with both targets (`of`), those with the criterion (`units`): Spearman's
     rho against val accuracy and against test accuracy, each with a 95% bootstrap CI over units
-    (reports.stats.spearman_with_ci), and the regret: the best test accuracy among those units minus
+    (reports.stats.spearman_with_ci), and the regret: the best test accuracy among all units with both targets minus
     the test accuracy of the unit the criterion ranks first (higher is better for every criterion;
     tied first places count their mean, the expected regret of breaking the tie at random).
 
@@ -185,7 +191,8 @@ def criterion_quality(units: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
                 rho = spearman_with_ci(used[criterion], used[target], seed=seed)
                 row.update({f"rho_{name}": rho["rho"], f"rho_{name}_ci_low": rho["ci_low"],
                             f"rho_{name}_ci_high": rho["ci_high"]})
-            row.update({"regret_test_acc": used[TEST_ACCURACY].max() - first[TEST_ACCURACY].mean() if len(used)
+            # against the best unit available, whether or not the criterion could rank it
+            row.update({"regret_test_acc": group[TEST_ACCURACY].max() - first[TEST_ACCURACY].mean() if len(used)
                         else np.nan, "ranked_first": "; ".join(first["unit"]), "note": note})
             rows.append(row)
     return pd.DataFrame(rows)

@@ -89,3 +89,19 @@ def spearman_with_ci(x, y, seed: int = 0, n_resamples: int = N_BOOTSTRAP) -> dic
         rho = (rx * ry).sum(axis=1)[defined] / scale[defined]
         out["ci_low"], out["ci_high"] = (float(v) for v in np.percentile(rho, [2.5, 97.5]))
     return out
+
+
+def pairwise_mean(scores: np.ndarray, seed: int = 0, n_resamples: int = 2000) -> dict:
+    """Mean of a symmetric (n, n) matrix of pairwise scores over its n(n-1)/2 distinct pairs, with a 95%
+    percentile-bootstrap CI that resamples the n items, not the pairs: pairs sharing an item are not
+    independent, and resampling them as if they were gives too narrow an interval. Each resample
+    draws n items with replacement and averages the pairs of distinct items among them (seeded)."""
+    n = len(scores)
+    first, second = np.triu_indices(n, 1)
+    draws = np.random.default_rng(seed).integers(0, n, (n_resamples, n))
+    a, b = draws[:, first], draws[:, second]
+    distinct = a != b
+    usable = distinct.any(axis=1)
+    means = np.where(distinct, scores[a, b], 0.0).sum(axis=1)[usable] / distinct.sum(axis=1)[usable]
+    low, high = np.percentile(means, [2.5, 97.5]) if len(means) else (np.nan, np.nan)
+    return {"mean": float(scores[first, second].mean()), "ci_low": float(low), "ci_high": float(high)}

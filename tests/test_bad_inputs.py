@@ -96,6 +96,8 @@ TRAIN_CASES = [
          "model.n_clusters.0: 5000 clusters for 1294 training images of digits (1438 minus 144 for validation)"),
     Case("train-validation-fraction-negative", ["train", *TINY_SETS, "--set", "dataset.validation_fraction=-0.1"],
          ["dataset.validation_fraction: must be in [0, 1)", "0 for no validation split", "(got -0.1)"]),
+    Case("train-split-seed-negative", ["train", *TINY_SETS, "--set", "dataset.split_seed=-1"],
+         ["dataset.split_seed: Input should be greater than or equal to 0", "(got -1)"]),
     Case("train-validation-fraction-one", ["train", *TINY_SETS, "--set", "dataset.validation_fraction=1.0"],
          ["dataset.validation_fraction: must be in [0, 1)", "(got 1.0)"]),
     Case("train-validation-fraction-too-small", ["train", *TINY_SETS, "--set", "dataset.validation_fraction=0.001"],

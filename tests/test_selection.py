@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.agreement import matched_facets
+from harness.agreement import matched_facets, partition_agreement
 from harness.layout import ASSIGNMENTS_FILE, TRIAL_META
 from reports.load import load_runs, with_best_facet
 from reports.selection import NO_ASSIGNMENTS, NO_VALIDATION, criterion_quality, seed_agreement, selection_criteria
@@ -248,3 +248,47 @@ def test_single_facet_runs_get_no_headline_rows(tmp_path):
                                        **scores("nmi", 0.4, 0.35), **scores("ari", 0.3, 0.25)})
     table = summary_table(load_runs([tmp_path])[0])  # a two-facet variant beside it: both get headline rows
     assert set(table[table["variant"] == "A"]["facet"]) == {"1", "val", "max"}
+
+
+def test_collapsed_partitions_do_not_agree():
+    """sklearn scores two one-cluster partitions ARI = NMI = 1; seeds that all collapse found nothing."""
+    rng = np.random.default_rng(0)
+    collapsed, real = np.zeros(N_POINTS, int), rng.integers(0, 10, N_POINTS)
+    assert partition_agreement(collapsed, collapsed) == {"ari": 0.0, "nmi": 0.0}
+    assert partition_agreement(real, collapsed) == {"ari": 0.0, "nmi": 0.0}
+    assert partition_agreement(real, relabel(real, rng))["ari"] == pytest.approx(1.0)
+
+
+def test_a_repeated_suggestion_counts_each_seed_once(tmp_path):
+    """Optuna may suggest the same values twice: both trials train seeds 0 and 1 into one unit, and the
+    identical same-seed runs must not pair up as perfect agreement."""
+    rng = np.random.default_rng(2)
+    by_seed = {seed: rng.integers(0, 10, N_POINTS) for seed in (0, 1)}  # independent: agreement about 0
+    for trial in ("s1", "s2"):
+        for seed in (0, 1):
+            write_run(tmp_path, f"{trial}_{seed}", "search", seed, {}, facets("test", by_seed[seed], by_seed[seed]))
+    agreement = seed_agreement(load_runs([tmp_path])[0])
+    assert (agreement["seeds"] == 2).all() and (agreement["pairs"] == 1).all()
+    assert (agreement["ari_mean"].abs() < 0.05).all()
+
+
+def test_regret_is_against_the_best_unit_even_one_the_criterion_cannot_rank():
+    units = pd.DataFrame({"dataset": "d", "factor": "f", "likelihood": "bernoulli", "unit": ["a", "b", "c"],
+                          "val ELBO": [1.0, 2.0, 3.0], "seed agreement": [0.9, 0.5, np.nan],
+                          "silhouette": [0.1, 0.2, 0.3], "val accuracy": [0.5, 0.6, 0.9],
+                          "test accuracy": [0.5, 0.6, 0.9]})
+    quality = criterion_quality(units).set_index("criterion")
+    agreement = quality.loc["seed agreement"]
+    assert (agreement["units"], agreement["of"]) == (2, 3)  # unit c has no agreement (one seed, say)
+    assert agreement["regret_test_acc"] == pytest.approx(0.9 - 0.5)  # against c, the best available
+
+
+def test_pairwise_mean_resamples_seeds_not_pairs():
+    from reports.stats import pairwise_mean
+
+    # seed 0 agrees perfectly with both others, seeds 1 and 2 not at all with each other
+    scores = np.array([[np.nan, 1.0, 1.0], [1.0, np.nan, 0.0], [1.0, 0.0, np.nan]])
+    summary = pairwise_mean(scores)
+    assert summary["mean"] == pytest.approx(2 / 3)
+    assert summary["ci_low"] == pytest.approx(0.0) and summary["ci_high"] == pytest.approx(1.0)
+    assert pairwise_mean(scores) == summary  # seeded

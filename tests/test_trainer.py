@@ -410,3 +410,22 @@ def test_sweep_trial_resumes_with_the_runs_own_config(tmp_path):
     assert config.dataset.validation_fraction == 0.0 and config.training.lr == 0.002  # the run's own
     assert (config.training.threads, config.training.device, config.dataset.data_root) == (3, "cpu", str(tmp_path))
     assert "dataset.validation_fraction (run 0.0, sweep 0.1)" in said[0] and "training.lr" in said[0]
+
+
+def test_a_sweep_started_before_validation_splits_keeps_training_on_all_images():
+    """Grid trials recorded by an older experiment (and the base its pickled searcher holds) lack
+    dataset.validation_fraction: their not-yet-started seeds train as the experiment began, on the
+    whole training set, so one variant never mixes seeds trained on different data."""
+    from harness.tune_trial import _what_to_train
+
+    recorded = small_config().model_dump(mode="json")
+    del recorded["dataset"]["validation_fraction"]
+    grid = [{"variant": "old", "overrides": {}, "trial": recorded}]
+    _, _, config = _what_to_train({"trial_index": 0}, grid)
+    assert config["dataset"]["validation_fraction"] == 0.0
+    assert "validation_fraction" not in grid[0]["trial"]["dataset"]  # the recorded trial itself unchanged
+    _, _, searched = _what_to_train({"grid_point": {"variant": "search", "trial": recorded}}, [])
+    assert searched["dataset"]["validation_fraction"] == 0.0
+    current = small_config(dataset={"validation_fraction": 0.2}).model_dump(mode="json")
+    _, _, today = _what_to_train({"trial_index": 0}, [{"variant": "new", "overrides": {}, "trial": current}])
+    assert today["dataset"]["validation_fraction"] == 0.2

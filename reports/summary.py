@@ -25,11 +25,12 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     done = with_best_facet(runs[runs["status"] == "completed"])
     failed = runs[runs["status"] == "failed"].groupby(["dataset", "variant"]).size()
     incomplete = runs[runs["status"] == "incomplete"].groupby(["dataset", "variant"]).size()
+    one_facet = {dataset: single_facet(done, dataset) for dataset in done["dataset"].unique()}
     rows = []
     for (dataset, variant), group in done.groupby(["dataset", "variant"], sort=True):
         for column in metric_columns(group, "acc"):
             facet, factor = facet_factor(column)
-            if group[column].isna().all() or (facet in PROTOCOLS and single_facet(done, dataset)):
+            if group[column].isna().all() or (facet in PROTOCOLS and one_facet[dataset]):
                 continue  # with one facet per run, both headline rows would repeat facet 1
             acc = describe(group[column].tolist())
             rows.append({

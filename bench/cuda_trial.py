@@ -18,23 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from harness.config import load_trial_config
-from harness.data.catalog import fashion_mnist_folders, find_idx_files
 from harness.trainer import run_trial
+from train_throughput import dataset_name  # bench/ is on sys.path when a bench script runs
 
 PAPER_EPOCHS = 402  # Table 3: 201 epochs per progressive step, two steps
-
-
-def dataset(tmp: Path, data_root: Path | None) -> tuple[str, Path | None]:
-    if find_idx_files(fashion_mnist_folders(data_root)) is not None:
-        return "fashion-mnist", data_root
-    rng = np.random.default_rng(0)
-    np.savez(tmp / "mnist_shaped.npz", x=rng.integers(0, 256, (70000, 28, 28), dtype=np.uint8),
-             x_test=rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8))
-    return f"npz:{tmp / 'mnist_shaped.npz'}", None
 
 
 def main() -> int:
@@ -48,7 +38,8 @@ def main() -> int:
         return 1
     half = max(1, args.epochs // 2)
     with tempfile.TemporaryDirectory() as tmp:
-        name, root = dataset(Path(tmp), args.data_root)
+        name = dataset_name(Path(tmp), args.data_root)
+        root = args.data_root if name == "fashion-mnist" else None
         config = load_trial_config("paper-mnist", [
             f"dataset.name={name}", f"dataset.data_root={root if root else 'null'}", "training.device=cuda",
             f"training.epochs_per_step=[{half},{half}]", f"evaluation.every_n_epochs={args.every}",

@@ -19,13 +19,15 @@ import torch
 
 from harness.config import load_trial_config
 from harness.data import load_dataset
-from harness.data.catalog import DEBIAN_FASHION_MNIST
+from harness.data.catalog import fashion_mnist_folders, find_idx_files
 from harness.trainer import run_trial
 from models import build_model
 
 
-def dataset_name(tmp: Path) -> str:
-    if DEBIAN_FASHION_MNIST.exists():
+def dataset_name(tmp: Path, data_root: Path | None = None) -> str:
+    """fashion-mnist when its IDX files are installed or in DATA_ROOT (the same shape as MNIST), else
+    MNIST-shaped random images written to an npz in `tmp`."""
+    if find_idx_files(fashion_mnist_folders(data_root)) is not None:
         return "fashion-mnist"
     rng = np.random.default_rng(0)
     np.savez(tmp / "mnist_shaped.npz", x=rng.integers(0, 256, (70000, 28, 28), dtype=np.uint8),

@@ -15,7 +15,7 @@ from harness.config import ConfigError
 from harness.sweep import load_sweep
 
 from ray_helpers import BIN, kill_all, processes_of, run, short_temp_dir, ray_env, start_two_node_cluster
-from test_sweeps import TINY_BASE, trial_runs, write_sweep
+from test_sweeps import long_trial_base, trial_runs, write_sweep
 
 
 # -- the trainable, in this process with Tune's session replaced -------------------------------------
@@ -213,8 +213,7 @@ def test_retry_errored_resumes_a_lost_trial_in_its_own_run_folder(tmp_path, kind
     home.mkdir()
     env = ray_env(home)
     epochs = 40
-    base = {**TINY_BASE, "model": {**TINY_BASE["model"], "hidden_sizes": [256]},
-            "training": {**TINY_BASE["training"], "epochs_per_step": [epochs], "batch_size": 64}}
+    base = long_trial_base(epochs)
     path = tmp_path / "r.yaml"
     trials = {"grid": {"training.seed": [0]}} if kind == "grid" else {"search": {
         "space": {"training.lr": {"type": "categorical", "choices": [0.0005]}}, "num_samples": 1,
@@ -274,8 +273,7 @@ def test_trial_on_a_lost_node_continues_on_another_from_its_run_folder(tmp_path)
     home.mkdir()
     env = ray_env(home)
     epochs = 40
-    base = {**TINY_BASE, "model": {**TINY_BASE["model"], "hidden_sizes": [256]},
-            "training": {**TINY_BASE["training"], "epochs_per_step": [epochs], "batch_size": 64}}
+    base = long_trial_base(epochs)
     path = tmp_path / "n.yaml"
     path.write_text(yaml.safe_dump({"name": "n", "base": base, "grid": {"training.seed": [0, 1]}, "retries": 1,
                                     "storage": str(tmp_path / "results")}))

@@ -22,6 +22,12 @@ TINY_BASE = {
 }
 
 
+def long_trial_base(epochs: int) -> dict:
+    """TINY_BASE made slow enough (256 hidden units, batch 64) that a test can kill it mid-run."""
+    return {**TINY_BASE, "model": {**TINY_BASE["model"], "hidden_sizes": [256]},
+            "training": {**TINY_BASE["training"], "epochs_per_step": [epochs], "batch_size": 64}}
+
+
 def write_sweep(path: Path, **fields) -> Path:
     path.write_text(yaml.safe_dump({"name": "t", "base": TINY_BASE, **fields}))
     return path
@@ -466,8 +472,7 @@ def test_kill_driver_then_resume_finishes_each_trial_once(tmp_path):
     home, temp = tmp_path / "home", short_temp_dir()
     home.mkdir()
     env = ray_env(home)
-    base = {**TINY_BASE, "model": {**TINY_BASE["model"], "hidden_sizes": [256]},
-            "training": {**TINY_BASE["training"], "epochs_per_step": [80], "batch_size": 64}}
+    base = long_trial_base(80)
     path = tmp_path / "k.yaml"
     path.write_text(yaml.safe_dump({"name": "k", "base": base, "grid": {"training.seed": [0, 1, 2, 3]},
                                     "storage": str(tmp_path / "results")}))
@@ -523,8 +528,7 @@ def test_sweep_on_two_node_loopback_cluster(tmp_path):
     env = ray_env(home)
     try:
         address = start_two_node_cluster(env, temp)
-        base = {**TINY_BASE, "model": {**TINY_BASE["model"], "hidden_sizes": [256]},
-                "training": {**TINY_BASE["training"], "epochs_per_step": [30], "batch_size": 64}}
+        base = long_trial_base(30)
         path = tmp_path / "n.yaml"
         path.write_text(yaml.safe_dump({"name": "n", "base": base, "grid": {"training.seed": [0, 1]},
                                         "storage": str(tmp_path / "results")}))

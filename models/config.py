@@ -27,6 +27,9 @@ class ModelConfig(BaseModel):
     likelihood: Literal["auto", "bernoulli", "gaussian"] = Field(
         default="auto", description="auto: the dataset's suggestion")
     likelihood_std: PositiveFloat = 0.3
+    decoder_merge: Literal["concat", "gated-add"] = Field(
+        default="concat", description="ladder decoders: eq. (79)'s concatenation, or the authors' code's "
+                                      "gated addition b + 0.1 alpha r")
     activation: Literal["relu", "elu", "leaky_relu"] = "relu"
     init: Literal["glorot", "data"] = "glorot"
     prior_variance_init: PositiveFloat = 0.01
@@ -57,6 +60,9 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"vade uses a shared architecture (shared-mlp or shared-conv), got {self.architecture!r}")
         if self.name in ("kmeans", "gmm") and self.n_facets != 1:
             raise ValueError(f"{self.name} finds one partition: n_clusters must have 1 entry, got {self.n_clusters}")
+        if self.decoder_merge != "concat" and not self.architecture.startswith("ladder"):
+            raise ValueError(f"decoder_merge {self.decoder_merge!r} applies to ladder architectures only "
+                             f"(ladder-mlp, ladder-conv), got architecture {self.architecture!r}")
         if self.hidden_sizes is not None and self.architecture.startswith("ladder") \
                 and len(self.hidden_sizes) != self.n_facets:
             raise ValueError(

@@ -3,9 +3,10 @@
 Recognition (eq. 74-75): h_j = b_j^enc(h_{j-1}), q(z_j | x) = N(r_j^enc(h_j)), h_0 = x.
 Generation (eq. 78-79 with the fade-in of eq. 88):
   z~_J = b_J^dec(alpha_J r_J^dec(z_J)),   z~_j = b_j^dec([z~_{j+1}, alpha_j r_j^dec(z_j)]),   x ~ u(z~_1).
-The merge is the concatenation of eq. (79). (Table 4 lists b_1^dec with a 500-wide input, which
-matches the authors' code, an addition 0.1*alpha*r + b; we follow the equation.) Facet 1 branches
-off shallowest, facet J deepest.
+The merge [.,.] is the concatenation of eq. (79) by default (`decoder_merge: concat`). Table 4 lists
+b_1^dec with a 500-wide input, which matches the authors' code: a gated addition z~_{j+1} + 0.1 alpha_j
+r_j^dec(z_j) (`decoder_merge: gated-add`, for ablations and side-by-side runs). Facet 1 branches off
+shallowest, facet J deepest.
 """
 from __future__ import annotations
 
@@ -15,6 +16,17 @@ import torch
 from torch import nn
 
 from .layers import Unflatten, activation, conv_down, conv_up, dense, halvings
+
+
+MERGES = ("concat", "gated-add")
+GATE = 0.1  # the authors' constant in merge(r, b) = 0.1 r + b (models_fc.py / conv_vlae.py)
+
+
+def merge(upper: torch.Tensor, rung: torch.Tensor, how: str) -> torch.Tensor:
+    """Eq. (79)'s merge of the deeper facets' decoding with facet j's (already alpha-scaled) rung."""
+    if how == "concat":
+        return torch.cat([upper, rung], dim=1)
+    return upper + GATE * rung
 
 
 def _split(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,14 +54,16 @@ class LadderMLPEncoder(nn.Module):
 class LadderMLPDecoder(nn.Module):
     """Table 4, generation: r_j^dec = Linear + act into width w_j; b_j^dec maps to w_{j-1} (or x)."""
 
-    def __init__(self, output_shape: tuple[int, ...], widths: list[int], latent_dims: list[int], act: str):
+    def __init__(self, output_shape: tuple[int, ...], widths: list[int], latent_dims: list[int], act: str,
+                 merge: str = "concat"):
         super().__init__()
         self.output_shape = output_shape
+        self.merge = merge
         J = len(widths)
         self.rungs = nn.ModuleList(dense(d, w, act) for d, w in zip(latent_dims, widths))
         blocks = []
         for j in range(J):  # index j is facet j+1
-            n_in = widths[j] if j == J - 1 else 2 * widths[j]
+            n_in = widths[j] if j == J - 1 or merge == "gated-add" else 2 * widths[j]
             if j == 0:
                 blocks.append(nn.Linear(n_in, math.prod(output_shape)))
             else:
@@ -60,7 +74,7 @@ class LadderMLPDecoder(nn.Module):
         J = len(zs)
         h = self.backbone[J - 1](alphas[J - 1] * self.rungs[J - 1](zs[J - 1]))
         for j in range(J - 2, -1, -1):
-            h = self.backbone[j](torch.cat([h, alphas[j] * self.rungs[j](zs[j])], dim=-1))
+            h = self.backbone[j](merge(h, alphas[j] * self.rungs[j](zs[j]), self.merge))
         return h.view(len(h), *self.output_shape)
 
 
@@ -93,10 +107,12 @@ class LadderConvEncoder(nn.Module):
 class LadderConvDecoder(nn.Module):
     """Table 5, generation: r_j^dec = linear to a (c_j, s_j, s_j) map; b_j^dec = transposed conv."""
 
-    def __init__(self, output_shape: tuple[int, int, int], channels: list[int], latent_dims: list[int], act: str):
+    def __init__(self, output_shape: tuple[int, int, int], channels: list[int], latent_dims: list[int], act: str,
+                 merge: str = "concat"):
         super().__init__()
         c, size, _ = output_shape
         self.output_shape = output_shape
+        self.merge = merge
         sizes = halvings(size, len(channels))  # sizes[j+1] is facet j+1's map size
         J = len(channels)
         self.rungs = nn.ModuleList(
@@ -104,7 +120,7 @@ class LadderConvDecoder(nn.Module):
             for d, ch, s in zip(latent_dims, channels, sizes[1:]))
         blocks = []
         for j in range(J):
-            c_in = channels[j] if j == J - 1 else 2 * channels[j]
+            c_in = channels[j] if j == J - 1 or merge == "gated-add" else 2 * channels[j]
             if j == 0:
                 blocks.append(conv_up(c_in, c, sizes[1], sizes[0], act=None))
             else:
@@ -115,5 +131,5 @@ class LadderConvDecoder(nn.Module):
         J = len(zs)
         h = self.backbone[J - 1](alphas[J - 1] * self.rungs[J - 1](zs[J - 1]))
         for j in range(J - 2, -1, -1):
-            h = self.backbone[j](torch.cat([h, alphas[j] * self.rungs[j](zs[j])], dim=1))
+            h = self.backbone[j](merge(h, alphas[j] * self.rungs[j](zs[j]), self.merge))
         return h

@@ -47,7 +47,8 @@ class MFCVAE(nn.Module):
         sizes = config.resolved_hidden_sizes()
         enc_input = math.prod(self.input_shape) if flat_input else self.input_shape
         self.encoder = encoder_cls(enc_input, sizes, config.latent_dims, config.activation)
-        self.decoder = decoder_cls(self.input_shape, sizes, config.latent_dims, config.activation)
+        merge = {"merge": config.decoder_merge} if config.architecture.startswith("ladder") else {}
+        self.decoder = decoder_cls(self.input_shape, sizes, config.latent_dims, config.activation, **merge)
         self.priors = nn.ModuleList(
             MixturePrior(k, d, config.covariance, config.fix_pi, config.prior_variance_init)
             for k, d in zip(config.n_clusters, config.latent_dims))

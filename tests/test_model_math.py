@@ -112,6 +112,29 @@ def test_alpha_zero_gives_zero_gradient_to_a_facet(architecture, shape):
         assert p.grad is not None and torch.count_nonzero(p.grad) > 0
 
 
+@pytest.mark.parametrize("architecture,shape", [("ladder-mlp", (1, 8, 8)), ("ladder-conv", (1, 16, 16))])
+def test_gated_add_merge_is_the_authors_b_plus_tenth_alpha_r(architecture, shape):
+    """decoder_merge gated-add: z~_j = b_j^dec(z~_{j+1} + 0.1 alpha_j r_j^dec(z_j)), composed by hand,
+    with the same widths as the concatenation's rungs (b_j's input halves)."""
+    model = make_model(3, architecture=architecture, shape=shape, decoder_merge="gated-add").eval()
+    concat = make_model(3, architecture=architecture, shape=shape)
+    zs = [torch.randn(5, d, dtype=torch.float64) for d in (3, 4, 5)]
+    alphas = torch.tensor([0.3, 0.7, 1.0], dtype=torch.float64)
+    d = model.decoder
+    h = d.backbone[2](alphas[2] * d.rungs[2](zs[2]))
+    for j in (1, 0):
+        h = d.backbone[j](h + 0.1 * alphas[j] * d.rungs[j](zs[j]))
+    torch.testing.assert_close(model.decode(zs, alphas).reshape(h.shape), h)
+    first_layer = lambda m: next(p for p in m.decoder.backbone[0].parameters() if p.dim() > 1)
+    widths = (first_layer(model).shape, first_layer(concat).shape)
+    assert widths[0][1 if architecture == "ladder-mlp" else 0] * 2 == widths[1][1 if architecture == "ladder-mlp" else 0]
+
+
+def test_gated_add_merge_is_refused_for_shared_architectures():
+    with pytest.raises(ValueError, match="decoder_merge 'gated-add' applies to ladder architectures only"):
+        ModelConfig(architecture="shared-mlp", decoder_merge="gated-add")
+
+
 def test_built_model_has_every_facet_active_and_public_prior_view():
     model = make_model(3, "full")
     assert model.alphas.tolist() == [1.0, 1.0, 1.0]

@@ -111,7 +111,14 @@ class SplitEvaluation:
 def _evaluate_split(model, x: torch.Tensor, batch_size: int, seed: int) -> SplitEvaluation:
     """ELBO and its terms (all facets active), q(c_j | x) and the posterior means of z_j over `x`.
 
-    The one-sample ELBO draws from its own generator, so evaluating never shifts training's RNG.
+    Also `elbo/training_alphas`: eq. (89) at the model's current alphas, the objective that
+    progressive step s optimises. During a step s < J the all-facets ELBO counts facets that are
+    not yet trained (alpha 0) or still fading in, so it sits far below the objective and jumps at
+    step boundaries; within a step this is the curve to compare. With every alpha 1 the two are
+    the same and it is not recomputed.
+
+    The one-sample ELBO draws from its own generator, so evaluating never shifts training's RNG;
+    the second pass draws from a twin of it, so both ELBOs see the same noise and are reproducible.
     """
     if isinstance(model, ClusteringBaseline):
         return SplitEvaluation({}, [p.numpy() for p in model.cluster_probs(x)], None)
@@ -122,9 +129,14 @@ def _evaluate_split(model, x: torch.Tensor, batch_size: int, seed: int) -> Split
     probs: list[list[torch.Tensor]] = [[] for _ in range(model.n_facets)]
     means: list[list[torch.Tensor]] = [[] for _ in range(model.n_facets)]
     ones = torch.ones_like(model.alphas)
+    faded = not torch.equal(model.alphas, ones)
+    twin = torch.Generator(device=x.device).manual_seed(seed + EVAL_SEED_OFFSET)
     for start in range(0, len(x), batch_size):
-        terms = model.loss_terms(x[start:start + batch_size], alphas=ones, generator=generator)
+        batch = x[start:start + batch_size]
+        terms = model.loss_terms(batch, alphas=ones, generator=generator)
         batch_sums = {"elbo": terms["elbo"].sum(), "log_px": terms["log_px"].sum()}
+        training = model.loss_terms(batch, alphas=model.alphas, generator=twin)["elbo"] if faded else terms["elbo"]
+        batch_sums["elbo/training_alphas"] = training.sum()
         for j, (prior, facet, (mean, _)) in enumerate(zip(model.priors, terms["facets"], terms["params"]), start=1):
             batch_sums[f"kl_z/facet{j}"] = facet.kl_z.sum()
             batch_sums[f"kl_c/facet{j}"] = facet.kl_c.sum()
@@ -141,10 +153,11 @@ def _evaluate_split(model, x: torch.Tensor, batch_size: int, seed: int) -> Split
 def evaluate(model, data: Dataset, batch_size: int, seed: int) -> tuple[dict, dict[str, np.ndarray]]:
     """(metrics, assignments) of one evaluation.
 
-    metrics: on the test set under their own names (ELBO terms, clustering metrics per facet and
-    factor); on the validation set the same prefixed `val/`, plus the label-free
-    `val/silhouette/facet<j>` of the posterior means under their own clusters. Baselines have no
-    ELBO and no silhouette; without a validation split there are no `val/` metrics.
+    metrics: on the test set under their own names (ELBO terms with every facet on, the ELBO at the
+    training alphas `elbo/training_alphas`, clustering metrics per facet and factor); on the
+    validation set the same prefixed `val/`, plus the label-free `val/silhouette/facet<j>` of the
+    posterior means under their own clusters. Baselines have no ELBO and no silhouette;
+    without a validation split there are no `val/` metrics.
     assignments: `<split>_facet<j>`, argmax_c q(c_j | x) of each image of that split in stored order.
     """
     metrics: dict = {}
@@ -461,7 +474,11 @@ class Trial:
         accs = " ".join(f"{k.removeprefix('acc/')}={v:.3f}" for k, v in m.items()
                         if k.startswith("acc/") and v is not None)
         rate = state["samples"] / max(state["train_time"], 1e-9)
-        elbos = ", ".join(f"{split} elbo {m[key] if m[key] is None else round(m[key], 2)}"
+        rounded = lambda v: v if v is None else round(v, 2)  # noqa: E731
+        faded = any(a != 1 for a in m["alphas"])  # then the all-facets ELBO counts facets not yet trained
+        elbos = ", ".join(f"{split} elbo {rounded(m[key])}" + (
+                              f" (all facets on; {rounded(m[key + '/training_alphas'])} at training alphas)"
+                              if faded and key + "/training_alphas" in m else "")
                           for split, key in (("test", "elbo"), ("val", "val/elbo")) if key in m)
         return (f"epoch {m['epoch']}/{self.config.training.total_epochs} step {m['progressive_step']} "
                 f"alphas [{', '.join(significant(a) for a in m['alphas'])}] | {elbos} | {accs} | "

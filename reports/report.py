@@ -178,15 +178,28 @@ def _write_everything(roots: list[Path], runs: pd.DataFrame, evaluations: pd.Dat
     ]
     sections += _extra_sections(runs, out, options, log)
     sections += optuna_sections(roots, out)
-    sections.append(("Figures", "".join(
+    sections.append(("Figures", _progressive_elbo_note(evaluations) + ("".join(
         f"<p><img src='{html.escape(p.name)}' alt='{html.escape(p.stem)}'></p>" for p in sorted(images))
-        or "<p><em>no evaluations yet</em></p>"))
+        or "<p><em>no evaluations yet</em></p>")))
     n_by_status = failed["status"].value_counts() if not failed.empty else {}
     sections.append(("Failed, stopped and incomplete runs",
                      f"<p>{n_by_status.get('failed', 0)} failed run(s), {n_by_status.get('stopped early', 0)} "
                      f"stopped early by the scheduler and {n_by_status.get('incomplete', 0)} incomplete run(s), "
                      "not counted in the statistics.</p>" + writers.to_html_table(failed)))
     return sections
+
+
+def _progressive_elbo_note(evaluations: pd.DataFrame) -> str:
+    """A note beside the curves over epochs where some run trained progressively (appendix D.3): its
+    evaluated ELBO is not the objective of the step, and reads as a spike at step boundaries."""
+    if "progressive_step" not in evaluations or not (evaluations["progressive_step"] > 1).any():
+        return ""
+    return ("<p class='note'>ELBO over epochs (<code>elbo</code>, <code>val/elbo</code> in evaluations.csv and "
+            "TensorBoard) is evaluated with every facet fully on: during progressive step s &lt; J it counts facets "
+            "not yet trained or still fading in, so it reads far below the objective and jumps at step "
+            "boundaries; within a step, compare <code>elbo/training_alphas</code> "
+            "(<code>val/elbo/training_alphas</code>), the ELBO at the training alphas, which is what step s "
+            "optimises.</p>")
 
 
 def _interval(value, low, high, scale: float = 1.0, digits: int = 3) -> str:

@@ -153,6 +153,23 @@ def test_report_options_are_checked_before_any_work():
     assert ReportOptions(lpips_samples=2).lpips_samples == 2 and ReportOptions(lpips_samples=0).lpips_samples == 0
 
 
+def test_figures_explain_the_all_facets_elbo_of_progressive_runs(fixture_results, tmp_path):
+    """A progressive run's all-facets ELBO counts untrained facets during step 1: the report says which
+    curve to compare within a step; a report without progressive steps says nothing of it."""
+    index = build_report([fixture_results], tmp_path / "flat", FAST, **QUIET)
+    assert "elbo/training_alphas" not in index.read_text()
+    run = fixture_results / "trial_a0" / "runs" / "seed0" / "metrics.jsonl"
+    lines = [json.loads(line) for line in run.read_text().splitlines()]
+    lines[0].update({"progressive_step": 1, "alphas": [0.0, 1.0], "elbo": -3660.0, "elbo/training_alphas": -1275.0})
+    lines[1].update({"progressive_step": 2, "alphas": [1.0, 1.0], "elbo/training_alphas": lines[1]["elbo"]})
+    run.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    text = build_report([fixture_results], tmp_path / "progressive", FAST, **QUIET).read_text()
+    figures = text[text.index("Figures"):]
+    assert "elbo/training_alphas" in figures and "step boundaries" in figures
+    evaluations = pd.read_csv(tmp_path / "progressive" / "evaluations.csv")
+    assert evaluations["elbo/training_alphas"].notna().sum() == 2  # the curve a reader compares is there
+
+
 def test_summary_markdown_escapes_names(tmp_path):
     root = tmp_path / "exp"
     for seed in (0, 1):

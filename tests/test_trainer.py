@@ -148,6 +148,31 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     assert suggestion_agreement([tmp_path / "a", tmp_path / "c"])["val/agreement"] < 1.0
 
 
+def test_elbo_at_training_alphas_beside_the_all_facets_elbo(tmp_path):
+    """Step 1 of a J=2 ladder trains facet 2 alone: the all-facets ELBO counts the untrained facet 1
+    fully (decoder rung and KL), the ELBO at training alphas (eq. 89, what step 1 optimises) does not;
+    once every alpha is 1 they are the same number."""
+    printed = []
+    run_trial(small_config(), tmp_path, log=printed.append)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["alphas"] for m in lines] == [[0.0, 1.0], [0.0, 1.0], [1.0, 1.0], [1.0, 1.0]]
+    for m in lines[:2]:
+        assert m["elbo/training_alphas"] > m["elbo"] and m["val/elbo/training_alphas"] > m["val/elbo"]
+    for m in lines[2:]:
+        assert m["elbo/training_alphas"] == m["elbo"] and m["val/elbo/training_alphas"] == m["val/elbo"]
+    evaluations = [line for line in printed if line.startswith("epoch ")]
+    assert re.search(r"\| test elbo -?[0-9.]+ \(all facets on; -?[0-9.]+ at training alphas\), val elbo ",
+                     evaluations[0])
+    assert "training alphas" not in evaluations[-1]
+
+
+def test_evaluating_never_changes_training(tmp_path):
+    """Evaluating after every epoch or only at the end: the same final model, so the same final metrics."""
+    every = run_trial(small_config(), tmp_path / "every", **QUIET)["final"]
+    once = run_trial(small_config(evaluation={"every_n_epochs": 4}), tmp_path / "once", **QUIET)["final"]
+    assert once == every
+
+
 class Killed(Exception):
     pass
 

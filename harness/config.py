@@ -58,7 +58,19 @@ class DatasetConfig(BaseModel):
         return fraction
 
 
-DEFAULT_EPOCHS_PER_STEP = 10
+# Unset training.epochs_per_step: about DEFAULT_OPTIMISER_STEPS in all, split equally over the
+# progressive steps, and at least MIN_EPOCHS_PER_STEP each. Measured on digits (issue 11, one facet,
+# batch 128, lr 1e-3, fixed pi): test accuracy 0.708 after 1.1k optimiser steps, 0.731-0.760 after
+# 3.3k, 0.791 after 6.6k, 0.803 after 9.9k, against k-means' 0.741. On Fashion-MNIST the rule gives
+# 24 epochs at batch 128.
+DEFAULT_OPTIMISER_STEPS = 10_000
+MIN_EPOCHS_PER_STEP = 10
+
+
+def default_epochs_per_step(n_train: int, batch_size: int, steps: int) -> int:
+    """Epochs per progressive step that add up to about DEFAULT_OPTIMISER_STEPS optimiser steps."""
+    per_epoch = batches_per_epoch(max(n_train, 1), batch_size)
+    return max(MIN_EPOCHS_PER_STEP, math.ceil(DEFAULT_OPTIMISER_STEPS / steps / per_epoch))
 
 
 class TrainingConfig(BaseModel):
@@ -68,13 +80,14 @@ class TrainingConfig(BaseModel):
         default=None, min_length=1,
         description="progressive: one entry per facet (step s trains facets J-s+1..J); "
                     "otherwise the entries are summed into one run with every facet active. "
-                    f"None: {DEFAULT_EPOCHS_PER_STEP} epochs per step")
+                    f"None: about {DEFAULT_OPTIMISER_STEPS:,} optimiser steps in all, at least "
+                    f"{MIN_EPOCHS_PER_STEP} epochs per step (resolved from the dataset's size)")
     progressive: bool = True
     fade_in_batches: Optional[int] = Field(
         default=None, ge=0, description="batches over which a newly looped-in facet's alpha ramps from 0 to 1; "
                                         "None: half of the batches of its step")
-    batch_size: PositiveInt = 512
-    lr: PositiveFloat = 5e-4
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 1e-3
     seed: int = 0
     device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N")
     threads: Optional[PositiveInt] = Field(default=None, description="torch CPU threads; None: the trial's CPU budget")
@@ -88,7 +101,7 @@ class TrainingConfig(BaseModel):
 
     @property
     def total_epochs(self) -> int:
-        return sum(self.epochs_per_step or [DEFAULT_EPOCHS_PER_STEP])
+        return sum(self.epochs_per_step or [MIN_EPOCHS_PER_STEP])  # resolved by TrialConfig
 
 
 class EvaluationConfig(BaseModel):
@@ -120,18 +133,22 @@ class TrialConfig(BaseModel):
     @model_validator(mode="after")
     def _progressive_schedule(self) -> "TrialConfig":
         training = self.training
+        try:
+            shape = dataset_shape(self.dataset.name)
+        except DatasetError as error:
+            raise ValueError(f"dataset.name: {error}") from None
         if training.epochs_per_step is None:  # a default that agrees with the number of facets
             steps = self.model.n_facets if self.trains and training.progressive else 1
-            training.epochs_per_step = [DEFAULT_EPOCHS_PER_STEP] * steps
+            epochs = MIN_EPOCHS_PER_STEP
+            if self.trains and shape.n_train >= 2:
+                n_train = shape.with_validation(self.dataset.validation_fraction).n_train
+                epochs = default_epochs_per_step(n_train, training.batch_size, steps)
+            training.epochs_per_step = [epochs] * steps
         steps = len(training.epochs_per_step)
         if self.trains and training.progressive and steps != self.model.n_facets:
             raise ValueError(
                 f"training.epochs_per_step has {steps} entries but progressive training of "
                 f"{self.model.n_facets} facets needs one per facet (or set training.progressive=false)")
-        try:
-            shape = dataset_shape(self.dataset.name)
-        except DatasetError as error:
-            raise ValueError(f"dataset.name: {error}") from None
         problems = data_limit_problems(self, shape)
         if problems:
             raise ValueError("\n".join(problems))

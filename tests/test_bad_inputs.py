@@ -109,7 +109,7 @@ TRAIN_CASES = [
           "allowed 0 (no validation split), or 0.5 to 0.5"],
          lambda ws: np.savez(ws / "five.npz", x=np.random.default_rng(0).random((5, 4, 4)))),
     Case("train-fade-in-longer-than-step", ["train", "--set", "training.fade_in_batches=15000"],
-         "training.fade_in_batches: 15000 is longer than progressive step 2, which has 30 batches"),
+         "training.fade_in_batches: 15000 is longer than progressive step 2, which has 5005 batches"),
     Case("train-npz-missing", ["train", *TINY_SETS, "--set", "dataset.name=npz:nothing.npz"],
          "npz:nothing.npz: file not found"),
     Case("train-existing-run-without-resume", ["train", *TINY_SETS, "--out", "{run}"], "--resume"),

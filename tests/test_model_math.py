@@ -11,6 +11,7 @@ from models.priors import MixturePrior, inverse_softplus
 
 
 def make_model(J, covariance="diagonal", architecture="ladder-mlp", shape=(1, 8, 8), **kw):
+    kw = {"fix_pi": False, **kw}  # learned pi, so the identities cover a non-uniform pi
     cfg = ModelConfig(architecture=architecture, latent_dims=[3 + j for j in range(J)],
                       n_clusters=[4 + j for j in range(J)], covariance=covariance, **kw)
     model = build_model(cfg, shape, "bernoulli").double()

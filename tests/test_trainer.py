@@ -7,7 +7,8 @@ import torch
 
 from harness.agreement import read_assignments, suggestion_agreement
 from harness.cli import main
-from harness.config import ConfigError, TrialConfig, load_trial_config, read_run_config
+from harness.config import (DEFAULT_OPTIMISER_STEPS, MIN_EPOCHS_PER_STEP, ConfigError, TrialConfig, batches_per_epoch,
+                            load_trial_config, read_run_config)
 from harness.trainer import Schedule, TrialFailed, run_trial
 
 QUIET = dict(log=lambda s: None)
@@ -359,14 +360,24 @@ def test_tensorboard_event_files_hold_every_evaluation(tmp_path):
 
 
 def test_bare_train_config_is_consistent():
-    """`mfcbench train` with no arguments: one step per facet, a fade-in that fits its step."""
+    """`mfcbench train` with no arguments: one step per facet, about DEFAULT_OPTIMISER_STEPS optimiser
+    steps in all (at least MIN_EPOCHS_PER_STEP epochs each), a fade-in that fits its step."""
     config = load_trial_config(None, [])
-    assert config.training.epochs_per_step == [10] * config.model.n_facets
-    schedule = Schedule(config.model.n_facets, config.training.epochs_per_step, True,
-                        config.training.fade_in_batches, batches_per_epoch=3)
-    assert schedule.alphas(10, 0)[0] == pytest.approx(1 / 15)  # half of step 2's 30 batches
-    assert schedule.alphas(10 + 4, 2) == [1.0, 1.0]
-    assert load_trial_config(None, ["model.latent_dims=[3]", "model.n_clusters=[5]"]).training.epochs_per_step == [10]
+    J, per_epoch = config.model.n_facets, batches_per_epoch(1294, config.training.batch_size)  # digits less 10%
+    epochs = config.training.epochs_per_step
+    assert len(epochs) == J and len(set(epochs)) == 1
+    assert DEFAULT_OPTIMISER_STEPS <= sum(epochs) * per_epoch < DEFAULT_OPTIMISER_STEPS + J * per_epoch
+    schedule = Schedule(J, epochs, True, config.training.fade_in_batches, batches_per_epoch=per_epoch)
+    fade = epochs[1] * per_epoch // 2  # unset fade-in: half of step 2
+    assert schedule.alphas(epochs[0], 0)[0] == pytest.approx(1 / fade)
+    assert schedule.alphas(epochs[0] + epochs[1] - 1, per_epoch - 1) == [1.0, 1.0]
+    one_facet = ["model.latent_dims=[3]", "model.n_clusters=[5]"]
+    assert load_trial_config(None, one_facet).training.epochs_per_step == [910]  # ceil(10,000 / 11 batches)
+    assert load_trial_config(None, one_facet + ["dataset.name=fashion-mnist"]).training.epochs_per_step == [24]
+    assert load_trial_config(None, one_facet + ["training.batch_size=1294"]).training.epochs_per_step == \
+        [DEFAULT_OPTIMISER_STEPS]  # one batch per epoch
+    assert load_trial_config(None, one_facet + ["model.name=kmeans"]).training.epochs_per_step == \
+        [MIN_EPOCHS_PER_STEP]  # baselines do not train by steps
 
 
 def test_help_answers_without_importing_torch():

@@ -26,6 +26,7 @@ from pathlib import Path
 from ray.tune.search import Searcher
 
 from .agreement import suggestion_agreement
+from .config import TrialConfig, with_legacy_defaults
 from .layout import JOURNAL_FILE, STOPPED_EARLY_FILE, run_folder
 from .sweep import SweepConfig, is_agreement_metric, max_total_epochs, resolved_base, with_overrides
 from .tune_trial import reported_status
@@ -122,6 +123,9 @@ class ReplicatedOptunaSearch(Searcher):
         super().__init__(metric=metrics if len(metrics) > 1 else next(iter(metrics), None),
                          mode=modes if len(modes) > 1 else next(iter(modes), None))
         self.base = resolved_base(sweep.base)
+        # Suggestions are recorded fully resolved. A searcher pickled before defaults depended on the
+        # data lacks this flag: its suggestions keep the defaults its first seeds trained with.
+        self.resolves_defaults = True
         self._study = None
         # Suggestions whose seeds are not all handed out yet: [optuna number, params, next replicate].
         self.unassigned: list[list] = []
@@ -178,6 +182,9 @@ class ReplicatedOptunaSearch(Searcher):
         self.seed_of[trial_id] = [number, replicate]
         config = with_overrides(self.base, params)
         config["training"]["seed"] = self.base["training"]["seed"] + replicate
+        if not getattr(self, "resolves_defaults", False):
+            config = with_legacy_defaults(config)
+        config = TrialConfig.model_validate(config).model_dump(mode="json")
         return {"grid_point": {"variant": "search", "trial": config}, "overrides": dict(params)}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

@@ -338,11 +338,14 @@ def _with_absolute_paths(sweep: SweepConfig) -> SweepConfig:
 def resolved_base(base: dict | str) -> dict:
     """The base (a mapping, preset name or trial YAML) with every default filled in, so list paths
     like model.latent_dims.1 exist. An unset training.epochs_per_step stays unset: its default depends
-    on the number of facets and on progressive, which variants, grids and searches may change."""
+    on the number of facets, progressive, the batch size and the data, which variants, grids and
+    searches may change; so does an unset model.architecture's (one facet or VaDE: shared-mlp)."""
     data = read_yaml(base) if isinstance(base, str) else base
     resolved = TrialConfig.model_validate(data).model_dump(mode="json")
     if (data.get("training") or {}).get("epochs_per_step") is None:
         resolved["training"]["epochs_per_step"] = None
+    if (data.get("model") or {}).get("architecture") is None:  # its default depends on the facets and model
+        resolved["model"]["architecture"] = None
     return resolved
 
 
@@ -372,7 +375,11 @@ def max_total_epochs(sweep: SweepConfig, trials: list[dict]) -> int:
     if sweep.search is None:
         return max(total_epochs(t["trial"]) for t in trials)
     base = resolved_base(sweep.base)
-    epoch_keys = [key for key in sweep.search.space if key == EPOCHS_KEY or key.startswith(EPOCHS_KEY + ".")]
+    # With epochs unset, the default (about DEFAULT_OPTIMISER_STEPS optimiser steps) moves with these too
+    moves_epochs = (EPOCHS_KEY,) if base["training"]["epochs_per_step"] else (
+        EPOCHS_KEY, "training.batch_size", "training.progressive", "dataset.", "model.name", "model.latent_dims")
+    epoch_keys = [key for key in sweep.search.space if key == EPOCHS_KEY or key.startswith(EPOCHS_KEY + ".")
+                  or any(key == k or key.startswith(k if k.endswith(".") else k + ".") for k in moves_epochs[1:])]
     edges = [[value for _, value in sweep.search.space[key].edge_values()] for key in epoch_keys]
     return max(total_epochs(with_overrides(base, dict(zip(epoch_keys, combination))))
                for combination in itertools.product(*edges))

@@ -18,7 +18,7 @@ class ModelConfig(BaseModel):
     architecture: Optional[Architecture] = Field(
         default=None, description="None: ladder-mlp for two or more facets; shared-mlp for one facet and for "
                                   "VaDE (a one-facet ladder is a one-layer encoder: issue 11 measured 0.42-0.47 "
-                                  "on Fashion-MNIST against 0.57+ for shared-mlp)")
+                                  "on Fashion-MNIST against 0.50-0.58 for shared-mlp)")
     latent_dims: list[PositiveInt] = Field(default_factory=lambda: [5, 5], min_length=1)
     n_clusters: list[PositiveInt] = Field(default_factory=lambda: [25, 25], min_length=1)
     hidden_sizes: Optional[list[PositiveInt]] = Field(
@@ -32,8 +32,8 @@ class ModelConfig(BaseModel):
         default="auto", description="auto: the dataset's suggestion")
     likelihood_std: PositiveFloat = 0.3
     decoder_merge: Literal["concat", "gated-add"] = Field(
-        default="concat", description="ladder decoders: eq. (79)'s concatenation, or the authors' code's "
-                                      "gated addition b + 0.1 alpha r")
+        default="concat", description="ladder decoders: eq. (79)'s concatenation, or the authors' FC "
+                                      "ladder's gated addition b + 0.1 alpha r")
     activation: Literal["relu", "elu", "leaky_relu"] = "relu"
     init: Literal["glorot", "data"] = "glorot"
     prior_variance_init: PositiveFloat = 0.01

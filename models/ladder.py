@@ -4,8 +4,9 @@ Recognition (eq. 74-75): h_j = b_j^enc(h_{j-1}), q(z_j | x) = N(r_j^enc(h_j)), h
 Generation (eq. 78-79 with the fade-in of eq. 88):
   z~_J = b_J^dec(alpha_J r_J^dec(z_J)),   z~_j = b_j^dec([z~_{j+1}, alpha_j r_j^dec(z_j)]),   x ~ u(z~_1).
 The merge [.,.] is the concatenation of eq. (79) by default (`decoder_merge: concat`). Table 4 lists
-b_1^dec with a 500-wide input, which matches the authors' code: a gated addition z~_{j+1} + 0.1 alpha_j
-r_j^dec(z_j) (`decoder_merge: gated-add`, for ablations and side-by-side runs). Facet 1 branches off
+b_1^dec with a 500-wide input, which matches the authors' FC ladder: a gated addition z~_{j+1} + 0.1
+alpha_j r_j^dec(z_j) (`decoder_merge: gated-add`, for ablations and side-by-side runs; the authors' conv
+decoder concatenates, so on ladder-conv gated-add is an ablation only). Facet 1 branches off
 shallowest, facet J deepest.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .layers import Unflatten, activation, conv_down, conv_up, dense, halvings
 
 
 MERGES = ("concat", "gated-add")
-GATE = 0.1  # the authors' constant in merge(r, b) = 0.1 r + b (models_fc.py / conv_vlae.py)
+GATE = 0.1  # the authors' constant in merge(r, b) = 0.1 r + b (models_fc.py, their FC ladder)
 
 
 def merge(upper: torch.Tensor, rung: torch.Tensor, how: str) -> torch.Tensor:

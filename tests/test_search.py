@@ -3,6 +3,7 @@ seed agreement computed from the seeds' run folders, FAIL / PRUNED semantics, re
 the dry-run concurrency line, and an ASHA search on local Ray whose stopped trials are PRUNED in the
 study and "stopped early" in reports."""
 import json
+import math
 import pickle
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from harness.config import ConfigError
+from harness.config import DEFAULT_OPTIMISER_STEPS, ConfigError, with_legacy_defaults
 from harness.sweep import load_sweep
 
 
@@ -233,6 +234,30 @@ def test_searcher_survives_a_driver_restart(tmp_path):
     assert trials[0].value == pytest.approx(-110.0) and trials[1].value == pytest.approx(-92.0)
     assert restarted.suggest("t4")["grid_point"]["trial"]["training"]["seed"] == 0  # suggestion 3 of 3
     assert len(journal_study(tmp_path).trials) == 4
+
+
+def test_suggestions_are_resolved_and_a_searcher_from_before_keeps_the_old_epochs(tmp_path):
+    """A suggestion records concrete epochs and architecture; a searcher pickled before unset epochs
+    depended on the data (issue 11) keeps 10 per step, as its finished seeds trained."""
+    unset = {**TINY_BASE, "training": {"batch_size": 256, "threads": 1}}
+    searcher = searcher_for(tmp_path, base=unset, replicates=2, num_samples=1)
+    trial = searcher.suggest("t0")["grid_point"]["trial"]
+    assert trial["training"]["epochs_per_step"] == [math.ceil(DEFAULT_OPTIMISER_STEPS / 6)]  # 6 batches/epoch
+    assert trial["model"]["architecture"] == "shared-mlp"  # one facet
+    old = pickle.loads(pickle.dumps(searcher))
+    del old.resolves_defaults  # what un-pickling a searcher saved by the earlier code gives
+    assert old.suggest("t1")["grid_point"]["trial"]["training"]["epochs_per_step"] == [10]
+    recorded = {"model": {"latent_dims": [3, 2]}, "training": {"epochs_per_step": None}}
+    assert with_legacy_defaults(recorded)["training"]["epochs_per_step"] == [10, 10]
+
+
+def test_asha_max_t_follows_the_default_epochs_of_searched_batch_sizes(tmp_path):
+    from harness.search import asha_scheduler
+
+    unset = {**TINY_BASE, "training": {"threads": 1}}
+    space = {"training.batch_size": {"type": "categorical", "choices": [128, 1024]}}
+    sweep, trials = load_sweep(write_sweep(tmp_path / "a.yaml", base=unset, search={"space": space}, scheduler={}))
+    assert asha_scheduler(sweep, trials)._max_t == DEFAULT_OPTIMISER_STEPS // 2  # 2 batches of 1024 per epoch
 
 
 # -- ASHA and concurrency, without Ray running ----------------------------------------------------

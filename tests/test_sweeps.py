@@ -76,6 +76,18 @@ def test_bad_sweep_reports_every_problem_before_ray(tmp_path):
     assert "metrics (2) and modes (1)" in str(info.value)
 
 
+def test_unset_architecture_and_epochs_resolve_per_trial_not_from_the_base(tmp_path):
+    """The defaults that depend on the facets and the model follow each variant, not the base's facets."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "base": {}, "storage": str(tmp_path / "r"), "variants": {
+        "two": {}, "one": {"model.latent_dims": [10], "model.n_clusters": [10]},
+        "vade": {"model.name": "vade", "model.latent_dims": [10], "model.n_clusters": [10]}}}))
+    _, trials = load_sweep(path)
+    got = {t["variant"]: (t["trial"]["model"]["architecture"], t["trial"]["training"]["epochs_per_step"])
+           for t in trials}
+    assert got == {"two": ("ladder-mlp", [455, 455]), "one": ("shared-mlp", [910]), "vade": ("shared-mlp", [910])}
+
+
 def test_dry_run_prints_trials_without_ray(tmp_path, capsys):
     from harness.cli import main
 

@@ -375,11 +375,10 @@ def max_total_epochs(sweep: SweepConfig, trials: list[dict]) -> int:
     if sweep.search is None:
         return max(total_epochs(t["trial"]) for t in trials)
     base = resolved_base(sweep.base)
-    # With epochs unset, the default (about DEFAULT_OPTIMISER_STEPS optimiser steps) moves with these too
-    moves_epochs = (EPOCHS_KEY,) if base["training"]["epochs_per_step"] else (
-        EPOCHS_KEY, "training.batch_size", "training.progressive", "dataset.", "model.name", "model.latent_dims")
-    epoch_keys = [key for key in sweep.search.space if key == EPOCHS_KEY or key.startswith(EPOCHS_KEY + ".")
-                  or any(key == k or key.startswith(k if k.endswith(".") else k + ".") for k in moves_epochs[1:])]
+    moves_epochs = [EPOCHS_KEY]
+    if base["training"]["epochs_per_step"] is None:  # its default (about DEFAULT_OPTIMISER_STEPS steps) moves too
+        moves_epochs += ["training.batch_size", "training.progressive", "dataset", "model.name", "model.latent_dims"]
+    epoch_keys = [key for key in sweep.search.space if any(key == k or key.startswith(k + ".") for k in moves_epochs)]
     edges = [[value for _, value in sweep.search.space[key].edge_values()] for key in epoch_keys]
     return max(total_epochs(with_overrides(base, dict(zip(epoch_keys, combination))))
                for combination in itertools.product(*edges))

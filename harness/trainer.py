@@ -130,7 +130,7 @@ def _evaluate_split(model, x: torch.Tensor, batch_size: int, seed: int) -> Split
     means: list[list[torch.Tensor]] = [[] for _ in range(model.n_facets)]
     ones = torch.ones_like(model.alphas)
     faded = not torch.equal(model.alphas, ones)
-    twin = torch.Generator(device=x.device).manual_seed(seed + EVAL_SEED_OFFSET)
+    twin = torch.Generator(device=x.device).manual_seed(seed + EVAL_SEED_OFFSET) if faded else None
     for start in range(0, len(x), batch_size):
         batch = x[start:start + batch_size]
         terms = model.loss_terms(batch, alphas=ones, generator=generator)

@@ -19,7 +19,6 @@ from torch import nn
 from .layers import Unflatten, activation, conv_down, conv_up, dense, halvings
 
 
-MERGES = ("concat", "gated-add")
 GATE = 0.1  # the authors' constant in merge(r, b) = 0.1 r + b (models_fc.py, their FC ladder)
 
 

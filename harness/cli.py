@@ -121,6 +121,7 @@ def _cmd_train(args) -> int:
     from .trainer import RUN_FILES, ResumeFailed, TrialFailed, run_trial
 
     if args.resume:
+        _refuse_packed_resume(args)
         config, out = _config_to_resume(args)
         if config is None:
             return 0
@@ -135,6 +136,8 @@ def _cmd_train(args) -> int:
         if out.is_dir() and any(out.iterdir()):
             raise SystemExit(f"mfcbench train: --out {out} is a folder with other files in it; a run needs a new "
                              "or empty folder (nothing was changed)")
+    if config.packed:
+        return _train_packed(config, out)
     try:
         result = run_trial(config, out, resume=args.resume, log=tqdm.write, progress=True)
     except ResumeFailed as error:
@@ -148,9 +151,82 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _train_packed(config, out: Path) -> int:
+    """training.seeds: one packed process, one ordinary run folder per seed (out/seed<s>)."""
+    from tqdm import tqdm
+
+    from .packed import run_packed, seed_folder
+    from .trainer import TrialFailed
+
+    try:
+        results = run_packed(config, out, log=tqdm.write, progress=True)
+    except TrialFailed as error:
+        print(f"packed trial failed: {error}\nfailure records: {out}/seed<s>/result.json", file=sys.stderr)
+        return 1
+    failed = {seed: r for seed, r in results.items() if r["status"] != "completed"}
+    for seed, result in failed.items():
+        print(f"seed {seed} failed: {result['error']}\nfailure record: {seed_folder(out, seed) / 'result.json'}",
+              file=sys.stderr)
+    wall = max(r["wall_time_s"] for r in results.values())
+    print(f"done in {wall:.1f}s; {len(results) - len(failed)} of {len(results)} seeds completed; results in "
+          f"{out}/seed<s>/ (metrics.jsonl, result.json, checkpoint.pt, tensorboard/), seeds "
+          f"{', '.join(map(str, results))}")
+    return 1 if failed else 0
+
+
+def _seeds_label(seeds: list[int]) -> str:
+    """0-3 for a run of consecutive seeds (three or more), otherwise the seeds joined by _ (1_5_9)."""
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return "_".join(map(str, seeds))
+
+
 def _default_run_folder(config_source: str | None, config) -> Path:
-    """Where `train` puts a run without --out: runs/<config file or preset name>-seed<seed>."""
-    return Path(f"runs/{Path(str(config_source or 'default')).stem}-seed{config.training.seed}")
+    """Where `train` puts a run without --out: runs/<config file or preset name>-seed<seed>, or
+    -seeds<label> for packed seeds (holding one run folder per seed)."""
+    stem = Path(str(config_source or 'default')).stem
+    if config.packed:
+        return Path(f"runs/{stem}-seeds{_seeds_label(config.training.seeds)}")
+    return Path(f"runs/{stem}-seed{config.training.seed}")
+
+
+def _refuse_packed_resume(args) -> None:
+    """Packed seeds are resumed one seed folder at a time, each as the single run it is: refuse a
+    folder of packed seeds, and --set training.seeds, with --resume."""
+    from .config import ConfigError, load_trial_config
+
+    config = None
+    if not args.out or args.config or args.set:
+        try:
+            config = load_trial_config(args.config, args.set or [])
+        except ConfigError:
+            if not args.out:
+                raise
+            # with --out, --set applies to the run's own config: _config_to_resume checks it there
+    out = Path(args.out) if args.out else _default_run_folder(args.config, config)
+    seeds = sorted(p for p in out.glob("seed*") if (p / "config.yaml").is_file()) if out.is_dir() else []
+    packed_folder = bool(seeds) and not (out / "config.yaml").exists()
+    if not packed_folder and not (config is not None and config.packed):
+        return
+    if not packed_folder:
+        raise SystemExit("mfcbench train --resume: packed seeds (training.seeds) are not resumed as a pack; resume "
+                         "each seed's run folder as a single run: mfcbench train --out PACKED_FOLDER/seed<s> --resume "
+                         "(nothing was changed)")
+    unfinished = [p.name for p in seeds if _run_status(p) != "completed"]
+    state = f"not completed: {', '.join(unfinished)}" if unfinished else "every seed completed"
+    example = out / (unfinished[0] if unfinished else seeds[0].name)
+    raise SystemExit(f"mfcbench train --resume: {out} holds packed seeds, one run folder each ({state}); resume "
+                     f"each seed folder as a single run: mfcbench train --out {example} --resume "
+                     "(nothing was changed)")
+
+
+def _run_status(run: Path):
+    import json
+
+    try:
+        return json.loads((run / "result.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _config_to_resume(args):
@@ -281,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train and evaluate one trial")
     p.add_argument("--config", help="trial YAML file or preset (paper-mnist, paper-3dshapes, paper-svhn, ...)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.latent_dims=[5,5]")
-    p.add_argument("--out", help="run folder (default runs/<config>-seed<seed>)")
+    p.add_argument("--out", help="run folder (default runs/<config>-seed<seed>); with training.seeds the folder "
+                                 "of one run folder per seed, <out>/seed<s> (default runs/<config>-seeds<a>-<b>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with the run's own config.yaml")
     p.set_defaults(func=_cmd_train)

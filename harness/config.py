@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, \
-    field_validator, model_validator
+    field_validator, model_serializer, model_validator
 
 from models.config import ModelConfig
 
@@ -89,6 +89,10 @@ class TrainingConfig(BaseModel):
     batch_size: PositiveInt = 128
     lr: PositiveFloat = 1e-3
     seed: int = 0
+    seeds: Optional[list[int]] = Field(
+        default=None,
+        description="several seeds trained packed in one process as one stacked model (mfcvae, vade), one "
+                    "ordinary run folder per seed (OUT/seed<s>); exclusive with training.seed")
     device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N")
     threads: Optional[PositiveInt] = Field(default=None, description="torch CPU threads; None: the trial's CPU budget")
 
@@ -98,6 +102,34 @@ class TrainingConfig(BaseModel):
         if device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()):
             return device
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: Optional[list[int]]) -> Optional[list[int]]:
+        if seeds is not None and len(seeds) < 2:
+            raise ValueError("packed training needs 2 or more distinct seeds; for one seed set training.seed instead")
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+            raise ValueError(f"seeds must be distinct: {', '.join(map(str, repeated))} given more than once; "
+                             "each seed trains once per pack")
+        return seeds
+
+    @model_validator(mode="after")
+    def _one_seed_or_several(self) -> "TrainingConfig":
+        if self.seeds is not None and "seed" in self.model_fields_set:
+            raise ValueError(f"training.seed ({self.seed}) and training.seeds ({self.seeds}) are exclusive: give "
+                             "training.seed for one run, or training.seeds (2 or more distinct seeds) to train them "
+                             "packed, not both")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _written(self, handler):
+        """A packed config is written without `seed`, a single one without `seeds`: so every single
+        run's config.yaml and result.json read as before packing existed, and a written packed
+        config validates again."""
+        data = handler(self)
+        data.pop("seeds" if self.seeds is None else "seed", None)
+        return data
 
     @property
     def total_epochs(self) -> int:
@@ -130,6 +162,23 @@ class TrialConfig(BaseModel):
     def progressive_steps(self) -> bool:
         return self.trains and self.training.progressive and self.model.n_facets > 1
 
+    @property
+    def packed(self) -> bool:
+        """Whether this config trains several seeds packed (training.seeds)."""
+        return self.training.seeds is not None
+
+    def for_seed(self, seed: int) -> "TrialConfig":
+        """The ordinary single-seed config of one seed: training.seeds unset, training.seed = `seed`,
+        everything else as here. What a packed seed's run folder records, and trains as."""
+        data = self.model_dump(mode="json")
+        data["training"].pop("seeds", None)
+        data["training"]["seed"] = seed
+        return TrialConfig.model_validate(data)
+
+    def unpacked(self) -> list["TrialConfig"]:
+        """One single-seed config per seed of training.seeds; [self] for a config that is not packed."""
+        return [self.for_seed(s) for s in self.training.seeds] if self.packed else [self]
+
     @model_validator(mode="after")
     def _progressive_schedule(self) -> "TrialConfig":
         training = self.training
@@ -152,6 +201,14 @@ class TrialConfig(BaseModel):
         problems = data_limit_problems(self, shape)
         if problems:
             raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _packing_trains(self) -> "TrialConfig":
+        if self.packed and not self.trains:
+            raise ValueError(f"training.seeds: model.name {self.model.name} is fitted in one go, not trained by "
+                             "gradient steps; packed seeds apply to mfcvae and vade only. Give one training.seed "
+                             "per run")
         return self
 
 

@@ -218,6 +218,12 @@ class ResumeFailed(TrialFailed):
     """The run cannot be continued; its folder was left exactly as it was."""
 
 
+def non_finite_message(epoch: int, step: int) -> str:
+    """The failure record of a run whose loss went non-finite in 0-based `epoch`."""
+    return (f"non-finite loss in epoch {epoch + 1} (steps up to {step}); "
+            "try a lower training.lr or a larger model.prior_variance_init")
+
+
 @dataclass
 class Setup:
     """What a trial trains and evaluates, built before the first file of the run is written."""
@@ -248,6 +254,9 @@ class Trial:
 
     def __init__(self, config: TrialConfig, run_dir: str | Path, resume: bool = False,
                  reporter: Optional[Reporter] = None, log: Callable[[str], None] = print, progress: bool = False):
+        if config.training.seeds is not None:
+            raise ValueError(f"training.seeds {config.training.seeds} trains packed: use harness.packed.run_packed "
+                             "(one run folder per seed), or TrialConfig.for_seed for one of them")
         self.config, self.run_dir, self.resume = config, Path(run_dir), resume
         self.reporter, self.log, self.progress = reporter, log, progress
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -293,15 +302,21 @@ class Trial:
         return self._write_result("completed", state, setup.device, started, final=final)
 
     # ---------------------------------------------------------------------------------------------
-    def _set_up(self, state: dict) -> Setup:
+    def _set_up(self, state: dict, data: Optional[Dataset] = None) -> Setup:
+        """Device, data, model (seeded by training.seed), optimiser, data-order generator, schedule.
+
+        `data` already loaded onto the device is used as it is (harness.packed loads it once for all
+        its seeds); loading draws nothing from torch's global RNG, so the model is built from the same
+        RNG state either way."""
         cfg, tc = self.config, self.config.training
         if tc.threads:
             torch.set_num_threads(tc.threads)
         device = choose_device(tc.device)
         torch.manual_seed(tc.seed)
         np.random.seed(tc.seed % 2 ** 32)
-        data = load_dataset(cfg.dataset.name, cfg.dataset.data_root, cfg.dataset.download,
-                            cfg.dataset.split_seed, cfg.dataset.validation_fraction).to(device)
+        if data is None:
+            data = load_dataset(cfg.dataset.name, cfg.dataset.data_root, cfg.dataset.download,
+                                cfg.dataset.split_seed, cfg.dataset.validation_fraction).to(device)
         model = build_model(cfg.model, data.image_shape, data.likelihood)
         self.log(f"trial {self.run_dir.name}: {cfg.model.name}/{cfg.model.architecture} on {data.name} "
                  f"({data.describe()}), seed {tc.seed}, device {device}")
@@ -422,8 +437,7 @@ class Trial:
             # One host sync per epoch, not per batch: a GPU keeps its queue full.
             if not torch.isfinite(epoch_loss):
                 bar.close()
-                raise TrialFailed(f"non-finite loss in epoch {epoch + 1} (steps up to {step}); "
-                                  "try a lower training.lr or a larger model.prior_variance_init")
+                raise TrialFailed(non_finite_message(epoch, step))
             if (epoch + 1) % self.config.evaluation.every_n_epochs == 0 or epoch + 1 == total:
                 eta = (time.time() - loop_started) / (epoch + 1 - start_epoch) * (total - epoch - 1)
                 last = self._evaluate_and_checkpoint(setup, epoch, step,
@@ -434,28 +448,42 @@ class Trial:
         return last
 
     def _progress_bar(self, total: int, initial: int):
-        """A per-batch bar with an ETA on stderr; off unless asked for, and off when stderr is not a terminal."""
-        from tqdm import tqdm
-
-        return tqdm(total=total, initial=initial, unit="batch", desc=self.run_dir.name, dynamic_ncols=True,
-                    disable=None if self.progress else True, leave=False)
+        return progress_bar(total, initial, self.run_dir.name, self.progress)
 
     def _evaluate_and_checkpoint(self, setup: Setup, epoch: int, step: int, train_loss: float, state: dict,
                                  eta_s: float) -> dict:
-        model, optimiser = setup.model, setup.optimiser
+        model, optimiser, generator = setup.model, setup.optimiser, setup.generator
+
+        def snapshot() -> dict:
+            saved = {"model": model.state_dict(), "optimizer": optimiser.state_dict(),
+                     "torch_rng": torch.get_rng_state(), "data_rng": generator.get_state()}
+            if torch.cuda.is_available():
+                saved["cuda_rng"] = torch.cuda.get_rng_state_all()
+            return saved
+
+        return self.record_evaluation(model, setup.data, setup.schedule, epoch, step, train_loss, state, eta_s,
+                                     snapshot)
+
+    def record_evaluation(self, model, data: Dataset, schedule: Schedule, epoch: int, step: int, train_loss: float,
+                          state: dict, eta_s: float, snapshot: Callable[[], dict]) -> dict:
+        """Evaluate `model` after 0-based `epoch`, write its line of metrics.jsonl, assignments.npz and
+        checkpoint.pt, log it and report it. `snapshot()` gives the checkpoint's model and optimizer
+        state_dicts and RNG states (`torch_rng`, `data_rng`, and `cuda_rng` where CUDA exists), taken
+        after the evaluation. harness.packed calls it per seed with that seed's sliced state."""
         t = time.time()
-        s, _ = setup.schedule.step_of(epoch)
+        s, _ = schedule.step_of(epoch)
         metrics = {"epoch": epoch + 1, "step": step, "progressive_step": s,
                    "alphas": [float(a) for a in model.alphas.tolist()], "train_loss": train_loss}
-        found, assignments = evaluate(model, setup.data, self.config.evaluation.batch_size, self.config.training.seed)
+        found, assignments = evaluate(model, data, self.config.evaluation.batch_size, self.config.training.seed)
         metrics = {k: _finite_or_none(v) for k, v in {**metrics, **found}.items()}
         state["eval_time"] += time.time() - t
         timing = {k: state[k] for k in ("train_time", "eval_time", "samples")}
-        ckpt = {"model": model.state_dict(), "optimizer": optimiser.state_dict(), "epoch": epoch + 1,
-                "step": step, "torch_rng": torch.get_rng_state(), "data_rng": setup.generator.get_state(),
+        saved = snapshot()
+        ckpt = {"model": saved["model"], "optimizer": saved["optimizer"], "epoch": epoch + 1,
+                "step": step, "torch_rng": saved["torch_rng"], "data_rng": saved["data_rng"],
                 "timing": timing, "config": self.config.model_dump(mode="json")}
-        if torch.cuda.is_available():
-            ckpt["cuda_rng"] = torch.cuda.get_rng_state_all()
+        if "cuda_rng" in saved:
+            ckpt["cuda_rng"] = saved["cuda_rng"]
         # metrics.jsonl and assignments.npz first, then the checkpoint: a kill in between leaves an
         # evaluation after the checkpoint, which a resume cuts back (or writes again); the reverse
         # order would lose one, and a run killed right after its last checkpoint would keep the
@@ -485,7 +513,8 @@ class Trial:
                 f"{rate:,.0f} samples/s | eta {clock(eta_s)}")
 
     def _write_result(self, status: str, state: dict, device, started: float, final: dict | None = None,
-                      error: str | None = None) -> dict:
+                      error: str | None = None, extra: dict | None = None) -> dict:
+        """result.json; `extra` keys (harness.packed's `packed_with`) are added at the end."""
         wall = time.time() - started
         result = {
             "status": status, "error": error, "final": final,
@@ -496,10 +525,18 @@ class Trial:
             "wall_time_s": wall, "train_time_s": state["train_time"], "eval_time_s": state["eval_time"],
             "samples_per_s": state["samples"] / state["train_time"] if state["train_time"] else None,
             "eval_share": state["eval_time"] / max(state["train_time"] + state["eval_time"], 1e-9),
-            "argv": sys.argv, **provenance(device),
+            "argv": sys.argv, **provenance(device), **(extra or {}),
         }
         write_json_atomic(self.result_path, result)
         return result
+
+
+def progress_bar(total: int, initial: int, desc: str, enabled: bool):
+    """A per-batch bar with an ETA on stderr; off unless asked for, and off when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="batch", desc=desc, dynamic_ncols=True,
+                disable=None if enabled else True, leave=False)
 
 
 def _tensorboard_writer(run_dir: Path, purge_step: int):

@@ -76,20 +76,26 @@ class MFCVAE(nn.Module):
         return self.likelihood.log_prob(self.decode(zs, torch.ones_like(self.alphas)), x)
 
     @staticmethod
-    def reparameterise(params, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    def reparameterise(params, generator: torch.Generator | None = None,
+                       noise: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """z_j = mean_j + std_j * eps_j per facet, eps_j ~ N(0, I) drawn in facet order from `generator`
+        (None: the global RNG), or taken from `noise` (one standard-normal tensor per facet, shaped
+        like mean_j) when given: models.packed draws each seed's noise outside vmap."""
         zs = []
-        for mean, log_var in params:
-            eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        for j, (mean, log_var) in enumerate(params):
+            eps = noise[j] if noise is not None else torch.randn(mean.shape, generator=generator, device=mean.device,
+                                                                 dtype=mean.dtype)
             zs.append(mean + torch.exp(0.5 * log_var) * eps)
         return zs
 
     # The objective -------------------------------------------------------------------------------
     def loss_terms(self, x: torch.Tensor, form: str | None = None, alphas: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None) -> dict:
-        """One-sample ELBO (B,) and its parts; `alphas` None uses the model's current fade-in."""
+                   generator: torch.Generator | None = None, noise: list[torch.Tensor] | None = None) -> dict:
+        """One-sample ELBO (B,) and its parts; `alphas` None uses the model's current fade-in; `noise`
+        (per facet, (B, d_j) standard normal) replaces the draw from `generator` (see reparameterise)."""
         alphas = self.alphas if alphas is None else alphas
         params = self.encode(x)
-        zs = self.reparameterise(params, generator)
+        zs = self.reparameterise(params, generator, noise)
         log_px = self.likelihood.log_prob(self.decode(zs, alphas), x)
         facets = [
             elbo_terms.facet_terms(prior.log_prob_given_c(z), prior.log_weights, posterior(p).log_prob(z),

@@ -1,0 +1,212 @@
+"""Packed seeds: the seeds of `training.seeds` trained together in one process as one stacked model
+(models.packed), written as one ordinary run folder per seed, `OUT/seed<s>`, in exactly the format
+of a single run (harness.trainer), so reports and `mfcbench train --out OUT/seed<s> --resume` read
+them as they are.
+
+Each seed is what its single run would be, in the RNG sense:
+- its model is built and prepared as a single run builds it (torch.manual_seed(seed), Glorot init
+  from the global RNG, `model.prepare`: data-dependent init, AE pretraining, GMM prior with `seed`);
+  the data is loaded once for all seeds (loading draws nothing from torch's RNG);
+- the global RNG state right after its prepare becomes its own noise generator (on CUDA: the
+  device's generator state), from which its reparameterisation noise is drawn in the order and
+  shapes MFCVAE.reparameterise would draw it; its data order comes from
+  `torch.Generator().manual_seed(seed)` through harness.data.batches, as in a single run;
+- one Adam (same lr) over the stacked parameters: Adam is elementwise, so this is S Adams;
+- the fade-in schedule (alphas) is the same for every seed; evaluation loads seed i's slice into a
+  plain model and calls harness.trainer.evaluate, as a single run evaluates.
+So per-seed losses match single runs up to float rounding (batched matmuls sum in another order).
+
+A seed whose epoch loss is non-finite (checked once per epoch, as a single run does) gets the
+single run's failure record in its own result.json and leaves the pack; the others go on. If every
+seed fails, TrialFailed. result.json of each seed adds `packed_with` (the pack's seeds); its
+`train_time_s` is the pack's training time (every seed trained during all of it), so its
+`samples_per_s` is per seed and the pack's throughput is the sum over its seeds.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from models import packed as pk
+
+from .config import TrialConfig, dump
+from .data import batches
+from .trainer import Reporter, Trial, TrialFailed, _failure_message, non_finite_message, progress_bar
+
+
+def seed_folder(out_dir: str | Path, seed: int) -> Path:
+    return Path(out_dir) / f"seed{seed}"
+
+
+class PackedTrial:
+    """Trains `config.training.seeds` packed into `out_dir/seed<s>`, one ordinary run folder each."""
+
+    def __init__(self, config: TrialConfig, out_dir: str | Path, reporter: Optional[Reporter] = None,
+                 log: Callable[[str], None] = print, progress: bool = False):
+        if not config.packed:
+            raise ValueError("PackedTrial needs training.seeds; a single seed trains with harness.trainer.run_trial")
+        if not config.trains:
+            raise ValueError(f"{config.model.name} is not trained by gradient steps; it cannot be packed")
+        self.config, self.out_dir, self.log, self.progress = config, Path(out_dir), log, progress
+        self.seeds = list(config.training.seeds)
+        self.trials = [Trial(single, seed_folder(out_dir, seed), reporter=reporter, progress=False,
+                             log=lambda line, seed=seed: log(f"[seed{seed}] {line}"))
+                       for seed, single in zip(self.seeds, config.unpacked())]
+        self.states = [{"train_time": 0.0, "eval_time": 0.0, "samples": 0, "likelihood": None} for _ in self.seeds]
+        self.active: list[int] = []  # indices into self.seeds of the seeds still training, in pack order
+        self.device: Optional[torch.device] = None
+
+    @property
+    def _extra(self) -> dict:
+        return {"packed_with": list(self.seeds)}
+
+    def run(self) -> dict[int, dict]:
+        """Train; returns seed -> the contents of its result.json (completed or failed)."""
+        torch.distributions.Distribution.set_default_validate_args(False)
+        started = time.time()
+        for trial in self.trials:
+            trial.run_dir.mkdir(parents=True, exist_ok=True)
+            (trial.run_dir / "config.yaml").write_text(dump(trial.config))
+        results: dict[int, dict] = {}
+        self.active = list(range(len(self.seeds)))
+        try:
+            finals = self._train(started, results)
+        except Exception as error:  # anywhere: data, model, device, a reporter: every seed still training fails
+            message = _failure_message(error)
+            for i in self.active:
+                results[self.seeds[i]] = self.trials[i]._write_result("failed", self.states[i], self.device, started,
+                                                                      error=message, extra=self._extra)
+            if isinstance(error, TrialFailed):
+                raise
+            raise TrialFailed(message) from error
+        finally:
+            for trial in self.trials:
+                if trial.tensorboard is not None:
+                    trial.tensorboard.close()
+        for i, final in zip(self.active, finals):
+            results[self.seeds[i]] = self.trials[i]._write_result("completed", self.states[i], self.device, started,
+                                                                  final=final, extra=self._extra)
+        return {seed: results[seed] for seed in self.seeds}
+
+    # ---------------------------------------------------------------------------------------------
+    def _set_up(self):
+        """Per seed, as a single run: seed, build, prepare; then its RNG streams. Data loaded once."""
+        tc = self.config.training
+        setups, noise, cpu_states, data = [], [], [], None
+        for i, trial in enumerate(self.trials):
+            setup = trial._set_up(self.states[i], data=data)  # torch.manual_seed(seed), then build_model
+            data, self.device = setup.data, setup.device
+            trial.metrics_path.unlink(missing_ok=True)
+            setup.model.prepare(data.x_train, trial.config.training.seed, tc.batch_size, tc.lr, log=trial.log)
+            setup.model.train()
+            cpu_states.append(torch.get_rng_state())
+            if self.device.type == "cpu":
+                generator = torch.Generator()
+                generator.set_state(torch.get_rng_state())
+            else:
+                generator = torch.Generator(device=self.device)
+                generator.set_state(torch.cuda.get_rng_state(self.device))
+            noise.append(generator)
+            setups.append(setup)
+        return setups, noise, cpu_states
+
+    def _train(self, started: float, results: dict[int, dict]) -> list[dict]:
+        tc, every = self.config.training, self.config.evaluation.every_n_epochs
+        setups, noise, cpu_states = self._set_up()
+        data, schedule, template = setups[0].data, setups[0].schedule, setups[0].model
+        data_order = [setup.generator for setup in setups]
+        params, buffers = pk.stack([setup.model for setup in setups])
+        optimiser = torch.optim.Adam(list(params.values()), lr=tc.lr)
+        del setups  # the template keeps one model's modules; functional_call lends it each seed's tensors
+        template.train()
+        latent_dims, dtype = list(template.config.latent_dims), next(iter(params.values())).dtype
+        n_train, total, step = len(data.x_train), tc.total_epochs, 0
+        self.log(f"packed {len(self.seeds)} seeds ({', '.join(map(str, self.seeds))}) of "
+                 f"{self.config.model.name}/{self.config.model.architecture} into {self.out_dir}/seed<s>")
+        bar = progress_bar(total * schedule.batches_per_epoch, 0, self.out_dir.name, self.progress)
+        loop_started, last = time.time(), [None] * len(self.active)
+        for epoch in range(total):
+            t = time.time()
+            epoch_loss = torch.zeros(len(self.active), device=self.device)
+            current = None
+            for b, xs in enumerate(zip(*(batches(data.x_train, tc.batch_size, g) for g in data_order))):
+                alphas = schedule.alphas(epoch, b)
+                if alphas != current:
+                    buffers["alphas"].copy_(torch.tensor(alphas).expand_as(buffers["alphas"]))
+                    current = alphas
+                eps = pk.draw_noise(noise, len(xs[0]), latent_dims, self.device, dtype)
+                losses = pk.packed_losses(template, params, buffers, torch.stack(xs), eps)
+                optimiser.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                optimiser.step()
+                epoch_loss += losses.detach()
+                step += 1
+                bar.update()
+            elapsed = time.time() - t
+            for i in self.active:
+                self.states[i]["train_time"] += elapsed
+                self.states[i]["samples"] += n_train
+            finite = torch.isfinite(epoch_loss).tolist()  # one host sync per epoch, as a single run
+            if not all(finite):
+                survivors = [k for k, ok in enumerate(finite) if ok]
+                for k in (k for k, ok in enumerate(finite) if not ok):
+                    i = self.active[k]
+                    results[self.seeds[i]] = self.trials[i]._write_result(
+                        "failed", self.states[i], self.device, started, error=non_finite_message(epoch, step),
+                        extra=self._extra)
+                    self.log(f"[seed{self.seeds[i]}] {non_finite_message(epoch, step)}; "
+                             f"{len(survivors)} seeds go on")
+                failed = [self.seeds[self.active[k]] for k, ok in enumerate(finite) if not ok]
+                self.active = [self.active[k] for k in survivors]
+                if not survivors:
+                    bar.close()
+                    raise TrialFailed(f"every packed seed failed: {non_finite_message(epoch, step)} "
+                                      f"(seeds {', '.join(map(str, failed))})")
+                params, buffers, optimiser = pk.keep(params, buffers, optimiser, survivors)
+                noise = [noise[k] for k in survivors]
+                data_order = [data_order[k] for k in survivors]
+                cpu_states = [cpu_states[k] for k in survivors]
+                epoch_loss, last = epoch_loss[survivors], [last[k] for k in survivors]
+            if (epoch + 1) % every == 0 or epoch + 1 == total:
+                eta = (time.time() - loop_started) / (epoch + 1) * (total - epoch - 1)
+                per_batch = [loss / schedule.batches_per_epoch for loss in epoch_loss.tolist()]
+                optimiser_state = optimiser.state_dict()
+                for k, i in enumerate(self.active):
+                    template.load_state_dict(pk.unstack(params, buffers, k))
+                    snapshot = self._snapshot(template, optimiser_state, k, noise[k], data_order[k], cpu_states[k])
+                    last[k] = self.trials[i].record_evaluation(template, data, schedule, epoch, step, per_batch[k],
+                                                               self.states[i], eta, snapshot)
+                template.train()
+        bar.close()
+        return last
+
+    def _snapshot(self, model, optimiser_state: dict, k: int, noise: torch.Generator, data_order: torch.Generator,
+                  cpu_state: torch.Tensor) -> Callable[[], dict]:
+        """Seed k's checkpoint pieces in a single run's format: its model and Adam state, and the RNG
+        states a single run would hold at this point (the global CPU RNG is its noise stream on the
+        CPU; on CUDA the device's generator is, and the CPU one is as its prepare left it)."""
+        device = self.device
+
+        def snapshot() -> dict:
+            saved = {"model": model.state_dict(), "optimizer": pk.optimiser_state_of(optimiser_state, k),
+                     "torch_rng": noise.get_state() if device.type == "cpu" else cpu_state.clone(),
+                     "data_rng": data_order.get_state()}
+            if torch.cuda.is_available():
+                states = torch.cuda.get_rng_state_all()
+                if device.type == "cuda":
+                    states[device.index if device.index is not None else torch.cuda.current_device()] = \
+                        noise.get_state()
+                saved["cuda_rng"] = states
+            return saved
+
+        return snapshot
+
+
+def run_packed(config: TrialConfig, out_dir: str | Path, reporter: Optional[Reporter] = None,
+               log: Callable[[str], None] = print, progress: bool = False) -> dict[int, dict]:
+    """Train config.training.seeds packed into out_dir/seed<s>; returns seed -> its result.json contents.
+    Raises TrialFailed when every seed failed (each folder holds its failure record)."""
+    return PackedTrial(config, out_dir, reporter, log, progress).run()

@@ -280,7 +280,7 @@ def _stop_ray() -> None:
 
 def _cmd_demo(args) -> int:
     """sweeps/demo.yaml on a local Ray, then its report; a second call finishes or reuses the sweep."""
-    from .sweep import load_sweep
+    from .sweep import load_sweep, pack_grid
     from .tune_runner import SweepError, run_sweep
 
     demo = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"
@@ -293,7 +293,9 @@ def _cmd_demo(args) -> int:
     report = build_parser().parse_args(["report", str(experiment), "--out", str(experiment / "report"),
                                         "--lpips-samples", str(args.lpips_samples)])
     resume = (experiment / "tuner.pkl").exists()
-    print(f"demo: {len(trials)} trials ({', '.join(sweep.variants)}) x seeds on {sweep.base['dataset']['name']}, "
+    packing = pack_grid(trials, sweep.pack)
+    packed = f" in {len(packing.trials)} trials ({packing.packed} packed)" if packing.packed else ""
+    print(f"demo: {len(trials)} runs{packed} ({', '.join(sweep.variants)}) x seeds on {sweep.base['dataset']['name']}, "
           f"local Ray; experiment folder {experiment}" + (" (resuming)" if resume else ""))
     try:
         run_sweep(sweep, trials, storage, resume=resume, source_text=demo.read_text(), verbose=args.verbose)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, \
-    field_validator, model_serializer, model_validator
+    ValidationInfo, field_validator, model_serializer, model_validator
 
 from models.config import ModelConfig
 
@@ -73,6 +73,18 @@ def default_epochs_per_step(n_train: int, batch_size: int, steps: int) -> int:
     return max(MIN_EPOCHS_PER_STEP, math.ceil(DEFAULT_OPTIMISER_STEPS / steps / per_epoch))
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def fp16_on_cpu_message(device: str) -> str:
+    """Why training.precision fp16 is refused on a CPU, and what is allowed there (config validation,
+    and harness.precision where training.device auto resolves to the CPU)."""
+    where = "runs on the CPU" if device == "cpu" else "resolves to the CPU here (no CUDA)"
+    return (f"training.precision: fp16 needs a CUDA device (autocast with a grad scaler); training.device "
+            f"{device} {where}, which has no fp16 training: allowed there fp32 or bf16 (bf16 pays only on CPUs "
+            "with bf16 instructions)")
+
+
 class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -95,6 +107,11 @@ class TrainingConfig(BaseModel):
                     "ordinary run folder per seed (OUT/seed<s>); exclusive with training.seed")
     device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N")
     threads: Optional[PositiveInt] = Field(default=None, description="torch CPU threads; None: the trial's CPU budget")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="fp32, or the encoder and decoder under autocast: bf16, fp16 (CUDA only, with a grad scaler). "
+                    "The likelihood, KL and prior terms, the prior initialisation and evaluation stay fp32 "
+                    "(harness.precision); the baselines ignore it")
 
     @field_validator("device")
     @classmethod
@@ -113,6 +130,14 @@ class TrainingConfig(BaseModel):
             raise ValueError(f"seeds must be distinct: {', '.join(map(str, repeated))} given more than once; "
                              "each seed trains once per pack")
         return seeds
+
+    @field_validator("precision")
+    @classmethod
+    def _precision_runs_here(cls, precision: str, info: ValidationInfo) -> str:
+        device = info.data.get("device")  # validated before precision (field order)
+        if precision == "fp16" and device == "cpu":
+            raise ValueError(fp16_on_cpu_message(device).removeprefix("training.precision: "))
+        return precision
 
     @model_validator(mode="after")
     def _one_seed_or_several(self) -> "TrainingConfig":
@@ -371,7 +396,8 @@ def load_trial_config(source: str | Path | None = None, overrides: list[str] = (
 # What a run folder's config.yaml means by a key it lacks, where that differs from today's default:
 # runs written before the key existed ran without it (before the validation split, on the whole
 # training set), and resuming them must not change that.
-LEGACY_RUN_DEFAULTS = {("dataset", "validation_fraction"): 0.0}
+# model.data_init_scale: runs before issue 11's fix normalised data-dependent init to unit variance.
+LEGACY_RUN_DEFAULTS = {("dataset", "validation_fraction"): 0.0, ("model", "data_init_scale"): 1.0}
 
 
 LEGACY_EPOCHS_PER_STEP = 10  # an unset training.epochs_per_step before it depended on the data (issue 11)

@@ -7,10 +7,12 @@ and training code).
   mfcbench-driver.lock    while a driver runs it: that driver's host, pid and start time
   optuna.journal          the Optuna study (search sweeps; harness.search): `optuna-dashboard optuna.journal`
   mlflow.db               with --tracker mlflow: `mlflow ui --backend-store-uri sqlite:///.../mlflow.db`
-  mfcbench-grid-trials.json   grid sweeps: the expanded trial configs; Tune's params hold only an index
+  mfcbench-grid-trials.json   grid sweeps: the expanded trial configs (with `pack`, the packed ones:
+                          training.seeds); Tune's params hold only an index
   trial_<id>/mfcbench-trial.json   the trial's variant, overrides, config and every start (node, pid)
-  trial_<id>/runs/seed<s>/   the trial's run folder (one seed per trial): config.yaml, metrics.jsonl,
-                          checkpoint.pt, result.json, tensorboard/
+  trial_<id>/runs/seed<s>/   the trial's run folder, one per seed (one seed per trial, or each seed
+                          of a packed trial): config.yaml (that seed's single-run config),
+                          metrics.jsonl, checkpoint.pt, result.json, tensorboard/
   .../seed<s>/assignments.npz   the latest evaluation's cluster assignments, argmax_c q(c_j|x) per facet,
                           of the validation and test images (harness.agreement reads them)
   trial_<id>/mfcbench-stopped-early.json   written when the scheduler (ASHA) stopped the trial early
@@ -29,8 +31,13 @@ STOPPED_EARLY_FILE = "mfcbench-stopped-early.json"
 ASSIGNMENTS_FILE = "assignments.npz"
 
 
-def run_folder(experiment_dir, trial_id: str, seed: int):
-    """The run folder of one seed of a sweep trial: `<experiment_dir>/trial_<id>/runs/seed<s>`."""
+def trial_folder(experiment_dir, trial_id: str):
+    """The folder of a sweep trial: `<experiment_dir>/trial_<id>`."""
     from pathlib import Path
 
-    return Path(experiment_dir) / f"trial_{trial_id}" / "runs" / f"seed{seed}"
+    return Path(experiment_dir) / f"trial_{trial_id}"
+
+
+def run_folder(experiment_dir, trial_id: str, seed: int):
+    """The run folder of one seed of a sweep trial (packed or not): `<experiment_dir>/trial_<id>/runs/seed<s>`."""
+    return trial_folder(experiment_dir, trial_id) / "runs" / f"seed{seed}"

@@ -21,6 +21,10 @@ single run's failure record in its own result.json and leaves the pack; the othe
 seed fails, TrialFailed. result.json of each seed adds `packed_with` (the pack's seeds); its
 `train_time_s` is the pack's training time (every seed trained during all of it), so its
 `samples_per_s` is per seed and the pack's throughput is the sum over its seeds.
+
+training.precision applies to the pack as to a single run (harness.precision: the vmapped networks
+under autocast, the ELBO in fp32); under fp16 the pack shares one GradScaler, so a step in which
+one seed's gradients overflow is skipped for all of them.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from models import packed as pk
 
 from .config import TrialConfig, dump
 from .data import batches
+from .precision import Precision, refuse_before_writing
 from .trainer import Reporter, Trial, TrialFailed, _failure_message, non_finite_message, progress_bar
 
 
@@ -66,6 +71,7 @@ class PackedTrial:
     def run(self) -> dict[int, dict]:
         """Train; returns seed -> the contents of its result.json (completed or failed)."""
         torch.distributions.Distribution.set_default_validate_args(False)
+        refuse_before_writing(self.config.training.precision, self.config.training.device)  # fp16 on a CPU
         started = time.time()
         for trial in self.trials:
             trial.run_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +122,7 @@ class PackedTrial:
     def _train(self, started: float, results: dict[int, dict]) -> list[dict]:
         tc, every = self.config.training, self.config.evaluation.every_n_epochs
         setups, noise, cpu_states = self._set_up()
-        data, schedule, template = setups[0].data, setups[0].schedule, setups[0].model
+        data, schedule, template, precision = setups[0].data, setups[0].schedule, setups[0].model, setups[0].precision
         data_order = [setup.generator for setup in setups]
         params, buffers = pk.stack([setup.model for setup in setups])
         optimiser = torch.optim.Adam(list(params.values()), lr=tc.lr)
@@ -138,10 +144,9 @@ class PackedTrial:
                     buffers["alphas"].copy_(torch.tensor(alphas).expand_as(buffers["alphas"]))
                     current = alphas
                 eps = pk.draw_noise(noise, len(xs[0]), latent_dims, self.device, dtype)
-                losses = pk.packed_losses(template, params, buffers, torch.stack(xs), eps)
-                optimiser.zero_grad(set_to_none=True)
-                losses.sum().backward()
-                optimiser.step()
+                with precision.autocast():
+                    losses = pk.packed_losses(template, params, buffers, torch.stack(xs), eps)
+                precision.step(losses.sum(), optimiser)
                 epoch_loss += losses.detach()
                 step += 1
                 bar.update()
@@ -176,7 +181,8 @@ class PackedTrial:
                 optimiser_state = optimiser.state_dict()
                 for k, i in enumerate(self.active):
                     template.load_state_dict(pk.unstack(params, buffers, k))
-                    snapshot = self._snapshot(template, optimiser_state, k, noise[k], data_order[k], cpu_states[k])
+                    snapshot = self._snapshot(template, optimiser_state, k, noise[k], data_order[k], cpu_states[k],
+                                              precision)
                     last[k] = self.trials[i].record_evaluation(template, data, schedule, epoch, step, per_batch[k],
                                                                self.states[i], eta, snapshot)
                 template.train()
@@ -184,10 +190,11 @@ class PackedTrial:
         return last
 
     def _snapshot(self, model, optimiser_state: dict, k: int, noise: torch.Generator, data_order: torch.Generator,
-                  cpu_state: torch.Tensor) -> Callable[[], dict]:
+                  cpu_state: torch.Tensor, precision: Precision) -> Callable[[], dict]:
         """Seed k's checkpoint pieces in a single run's format: its model and Adam state, and the RNG
         states a single run would hold at this point (the global CPU RNG is its noise stream on the
-        CPU; on CUDA the device's generator is, and the CPU one is as its prepare left it)."""
+        CPU; on CUDA the device's generator is, and the CPU one is as its prepare left it); under
+        fp16 the pack's GradScaler state, which a resumed single run of the seed continues from."""
         device = self.device
 
         def snapshot() -> dict:
@@ -200,6 +207,8 @@ class PackedTrial:
                     states[device.index if device.index is not None else torch.cuda.current_device()] = \
                         noise.get_state()
                 saved["cuda_rng"] = states
+            if precision.scaler is not None:
+                saved["grad_scaler"] = precision.state_dict()
             return saved
 
         return snapshot

@@ -3,7 +3,11 @@
 ReplicatedOptunaSearch is a Ray Tune Searcher over an Optuna study (ask/tell) kept in a journal file,
 `optuna.journal` in the experiment folder (Optuna's storage for shared filesystems, where SQLite's
 locking is unreliable). One suggestion (`study.ask()`) with `search.replicates` R becomes R Tune
-trials that run in parallel, seeds base seed + 0..R-1. When all R have ended the study is told:
+trials that run in parallel, seeds base seed + 0..R-1; with the sweep's `pack` P > 1, ceil(R / P)
+packed Tune trials of near-equal size (P >= R: one trial per suggestion carrying all R seeds as
+training.seeds), whose final report gives each seed's status and objectives as `seed<s>/...`
+(harness.tune_trial), so each seed counts below as if it had been a trial of its own; the seed
+agreement reads the same `trial_<id>/runs/seed<s>` folders. When all R seeds have ended the study is told:
   COMPLETE  the mean objective over the seeds that finished, when at least half of them finished;
             a seed agreement objective (val/agreement, val/agreement/facet<j>) is not in any trial's
             results: it is computed here, by harness.agreement, from the assignments.npz of the run
@@ -28,8 +32,9 @@ from ray.tune.search import Searcher
 from .agreement import suggestion_agreement
 from .config import TrialConfig, with_legacy_defaults
 from .layout import JOURNAL_FILE, STOPPED_EARLY_FILE, run_folder
-from .sweep import SweepConfig, is_agreement_metric, max_total_epochs, resolved_base, with_overrides
-from .tune_trial import reported_status
+from .sweep import SweepConfig, is_agreement_metric, max_total_epochs, replicate_groups, resolved_base, search_pack, \
+    with_overrides
+from .tune_trial import STATUS, reported_status, seed_key
 
 
 
@@ -108,8 +113,9 @@ class ReplicatedOptunaSearch(Searcher):
     """Suggestions from an Optuna study, each trained as `search.replicates` parallel Tune trials.
 
     suggest() returns a trial's params: {"grid_point": {"variant": "search", "trial": <trial config
-    with the searched values and training.seed = base seed + r>}, "overrides": {<searched key>:
-    value}}; `cpus` and `experiment_dir` come from the Tuner's param_space. Concurrency is left to
+    with the searched values and training.seed = base seed + r (packed: training.seeds, the seeds of
+    its replicates)>}, "overrides": {<searched key>: value}}; `cpus` and `experiment_dir` come from
+    the Tuner's param_space. Concurrency is left to
     Tune (TuneConfig.max_concurrent_trials). The bookkeeping below is plain JSON (save/restore);
     the study itself lives in the journal, so a restarted driver reopens it.
     """
@@ -127,10 +133,15 @@ class ReplicatedOptunaSearch(Searcher):
         # data lacks this flag: its suggestions keep the defaults its first seeds trained with.
         self.resolves_defaults = True
         self._study = None
+        # Seeds per Tune trial (`pack`, harness.sweep.search_pack). A searcher pickled before packing
+        # existed lacks it: one seed per trial (seeds_per_trial).
+        self.pack = search_pack(sweep)
         # Suggestions whose seeds are not all handed out yet: [optuna number, params, next replicate].
         self.unassigned: list[list] = []
         self.asked = 0
-        self.seed_of: dict[str, list[int]] = {}  # Tune trial id -> [optuna number, replicate]
+        # Tune trial id -> [optuna number, replicate], or [optuna number, first replicate, count] for a
+        # packed trial (replicates first..first+count-1)
+        self.seed_of: dict[str, list[int]] = {}
         self.errored: dict[str, list[int]] = {}  # the same, for trials Ray lost: --retry-errored may rerun them
         self.max_concurrent = 0  # 0: no limit of our own (set_max_concurrency)
         # optuna number -> {"params", "values": [per finished seed: its reported objectives], "finished": [[Tune
@@ -150,6 +161,38 @@ class ReplicatedOptunaSearch(Searcher):
     @property
     def replicates(self) -> int:
         return self.sweep.search.replicates
+
+    @property
+    def seeds_per_trial(self) -> int:
+        return getattr(self, "pack", 1)
+
+    def _group_size(self, replicate: int) -> int:
+        """How many replicates the Tune trial starting at `replicate` trains (replicate_groups)."""
+        for group in replicate_groups(self.replicates, self.seeds_per_trial):
+            if group[0] == replicate:
+                return len(group)
+        return 1
+
+    @staticmethod
+    def _slot(entry: list[int]) -> tuple[int, int, int]:
+        """(optuna number, first replicate, count) of a seed_of / errored entry."""
+        return entry[0], entry[1], entry[2] if len(entry) > 2 else 1
+
+    def _seeds(self, first: int, count: int) -> list[int]:
+        return [self.base["training"]["seed"] + r for r in range(first, first + count)]
+
+    def _per_seed(self, result: dict | None, first: int, count: int) -> list[tuple[int, dict | None]]:
+        """(seed, its result) for each seed of a Tune trial: a packed trial's result split into one per
+        seed, with that seed's status (`seed<s>/mfcbench_status`, else the trial's) and objectives."""
+        seeds = self._seeds(first, count)
+        if count == 1:
+            return [(seeds[0], result)]
+        if not result:
+            return [(seed, None) for seed in seeds]
+        return [(seed, {**{metric: result[seed_key(seed, metric)] for metric in self.reported_metrics
+                           if seed_key(seed, metric) in result},
+                        STATUS: result.get(seed_key(seed, STATUS), result.get(STATUS)), "epoch": result.get("epoch")})
+                for seed in seeds]
 
     @property
     def reported_metrics(self) -> list[str]:
@@ -176,12 +219,18 @@ class ReplicatedOptunaSearch(Searcher):
             self.unassigned.append([trial.number, trial.params, 0])
         slot = self.unassigned[0]
         number, params, replicate = slot
-        slot[2] += 1
-        if slot[2] == self.replicates:
+        count = self._group_size(replicate)
+        slot[2] += count
+        if slot[2] >= self.replicates:
             self.unassigned.pop(0)
-        self.seed_of[trial_id] = [number, replicate]
+        self.seed_of[trial_id] = [number, replicate] if count == 1 else [number, replicate, count]
         config = with_overrides(self.base, params)
-        config["training"]["seed"] = self.base["training"]["seed"] + replicate
+        seeds = self._seeds(replicate, count)
+        if count == 1:
+            config["training"]["seed"] = seeds[0]
+        else:
+            config["training"].pop("seed", None)
+            config["training"]["seeds"] = seeds
         if not getattr(self, "resolves_defaults", False):
             config = with_legacy_defaults(config)
         config = TrialConfig.model_validate(config).model_dump(mode="json")
@@ -193,20 +242,21 @@ class ReplicatedOptunaSearch(Searcher):
             return
         if trial_id not in self.seed_of:  # not one of ours (Tune also calls this for trials it never started)
             return
-        number, replicate = self.seed_of.pop(trial_id)
+        entry = self.seed_of.pop(trial_id)
+        number, first, count = self._slot(entry)
         outcome = self.suggestions[number]
-        seed = self.base["training"]["seed"] + replicate
-        values = None if error or trial_failed(result) else self._objective(result)
         if error:  # Ray lost it (retries spent): a later --retry-errored may still finish it
-            self.errored[trial_id] = [number, replicate]
-        if values is None:
-            outcome["failed"].append(seed)
-        elif stopped_early(result):
-            outcome["stopped"].append([seed, result.get("epoch"), values])
-        else:
-            outcome["values"].append(values)
-            outcome["finished"].append([trial_id, seed])
-        outcome["ended"] += 1
+            self.errored[trial_id] = entry
+        for seed, seed_result in self._per_seed(result, first, count):
+            values = None if error or trial_failed(seed_result) else self._objective(seed_result)
+            if values is None:
+                outcome["failed"].append(seed)
+            elif stopped_early(seed_result):
+                outcome["stopped"].append([seed, seed_result.get("epoch"), values])
+            else:
+                outcome["values"].append(values)
+                outcome["finished"].append([trial_id, seed])
+        outcome["ended"] += count
         if outcome["ended"] == self.replicates:
             self._tell(number, outcome)
 
@@ -215,18 +265,22 @@ class ReplicatedOptunaSearch(Searcher):
         counts as finished after all; if the study was already told, the told trial stays as it was
         (Optuna does not change a finished trial) and the suggestion enters the study again as a new
         trial with the same parameters and the mean over the seeds that have now finished."""
-        number, replicate = self.errored.pop(trial_id)
-        values = None if trial_failed(result) or stopped_early(result) else self._objective(result)
-        if values is None:
-            return
+        number, first, count = self._slot(self.errored.pop(trial_id))
         outcome = self.suggestions[number]
-        seed = self.base["training"]["seed"] + replicate
-        outcome["failed"].remove(seed)
-        outcome["values"].append(values)
-        outcome["finished"].append([trial_id, seed])
+        recovered = False
+        for seed, seed_result in self._per_seed(result, first, count):
+            values = None if trial_failed(seed_result) or stopped_early(seed_result) else self._objective(seed_result)
+            if values is None or seed not in outcome["failed"]:
+                continue
+            outcome["failed"].remove(seed)
+            outcome["values"].append(values)
+            outcome["finished"].append([trial_id, seed])
+            recovered = True
+        if not recovered:
+            return
         if outcome["ended"] < self.replicates or 2 * len(outcome["values"]) < self.replicates or outcome["stopped"]:
             return  # still open (told when its last seed ends), or still not enough seeds for a value
-        if any(other == number for other, _ in self.errored.values()):
+        if any(entry[0] == number for entry in self.errored.values()):
             return  # another lost seed of it may still be rerun: one new trial, once all are back
         objective = self._suggestion_objective(outcome)
         if objective is None:

@@ -7,12 +7,23 @@
     search: {...}                                                    # or: Optuna over a space
     selection: validation                                            # or authors-protocol (objectives on the test set)
     scheduler: {type: asha, grace_period: 2, reduction_factor: 2}
-    resources: {cpu: 1, gpu: 0.25}
+    resources: {cpu: 1, gpu: 0.25}                                 # per Tune trial (a packed trial: per pack)
+    pack: 4                                                          # up to 4 seeds trained packed per trial
     max_concurrent: 4
     storage: results
 
 Keys in `variants`, `grid` and `search.space` are dotted paths into the trial config; a list
 element is addressed by its index, as in `model.latent_dims.1` (facet 2's latent dimension).
+
+`pack: S` (default 1: one seed per trial) trains grid points that differ only in training.seed, and
+the replicates of an Optuna suggestion, as packed trials of up to S seeds each (training.seeds,
+harness.packed): one process and one stacked model per pack, one ordinary run folder per seed,
+`trial_<id>/runs/seed<s>`, where an unpacked trial of that seed puts it. Seeds are split into
+ceil(n / S) packs of near-equal size, in grid order. Baselines (k-means, GMM: fitted in one go) and
+grid points without a seed to share are not packed (`--dry-run` says which). See pack_grid.
+`resources` and `max_concurrent` count Tune trials, packed or not. A packed trial reports to Tune
+(and so to ASHA) the mean over its seeds still training of every metric, and each seed's objectives
+as `seed<s>/<metric>` (harness.tune_trial); run folders and reports are as for unpacked trials.
 
 Every path in a sweep (storage, dataset.data_root, npz: files, in base, variants, grid and search
 choices) is made absolute when the sweep is loaded, against the working directory of the call:
@@ -20,10 +31,13 @@ Ray runs each trial inside its own trial folder, where a relative path means som
 """
 from __future__ import annotations
 
+import copy
 import itertools
+import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -49,6 +63,7 @@ TRAINING_METRICS = ("train_loss",)
 # What harness.trainer.evaluate reports for k-means / GMM: clustering metrics only (no ELBO terms,
 # no silhouette); they keep assignments.npz, so their seed agreement exists too.
 BASELINE_MODELS = ("kmeans", "gmm")
+TRAINED_MODELS = ("mfcvae", "vade")  # trained by gradient steps: the models whose seeds can be packed
 BASELINE_METRIC_PATTERN = re.compile(r"^(val/)?((acc|nmi|ari)/facet\d+/\w+|clusters_used/facet\d+)$")
 
 
@@ -182,6 +197,9 @@ class SweepConfig(BaseModel):
     search: Optional[SearchConfig] = None
     scheduler: Optional[SchedulerConfig] = None
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    pack: int = Field(default=1, description="up to this many seeds trained packed in one trial (one process, one "
+                                             "stacked model): grid points differing only in training.seed, and "
+                                             "the replicates of a search suggestion; 1: one seed per trial")
     max_concurrent: int = Field(default=0, ge=0, description="0: as many as the resources allow")
     retries: int = Field(default=0, ge=0, description="times a trial whose actor or node was lost is retried "
                                                       "(from its run folder); a trial that fails on its own "
@@ -202,6 +220,15 @@ class SweepConfig(BaseModel):
         if problem:
             raise ValueError(problem)
         return name
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack(cls, pack: Any) -> int:
+        if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
+            raise ValueError("must be a whole number >= 1: the most seeds one trial trains packed (grid points that "
+                             "differ only in training.seed, or the replicates of a search suggestion); 1 (the "
+                             "default) trains one seed per trial")
+        return pack
 
     @model_validator(mode="after")
     def _combination(self) -> "SweepConfig":
@@ -386,12 +413,13 @@ def max_total_epochs(sweep: SweepConfig, trials: list[dict]) -> int:
 
 def effective_max_concurrent(sweep: SweepConfig) -> int:
     """Tune trials run at once (0: as many as the cluster's resources hold). A TPE search without
-    `max_concurrent` runs n_startup_trials suggestions (x replicates seeds) at once: TPE suggests from
+    `max_concurrent` runs n_startup_trials suggestions (x their Tune trials: one per replicate, or per
+    pack of replicates) at once: TPE suggests from
     finished trials, and with more suggestions in flight than its random start-up ones it degrades
     towards random sampling."""
     if sweep.max_concurrent or sweep.search is None or sweep.search.sampler.type != "tpe":
         return sweep.max_concurrent
-    return sweep.search.sampler.n_startup_trials * sweep.search.replicates
+    return sweep.search.sampler.n_startup_trials * trials_per_suggestion(sweep)
 
 
 def grid_points(sweep: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
@@ -408,6 +436,119 @@ def grid_points(sweep: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
         label = " ".join([variant] + [f"{k}={v}" for k, v in point.items() if k != SEED_KEY])
         points.append((label, {**variant_overrides, **point}))
     return points
+
+
+SEEDS_KEY = "training.seeds"
+
+
+def balanced_chunks(items: list, size: int) -> list[list]:
+    """`items` in order, cut into ceil(n / size) consecutive chunks whose lengths differ by at most one
+    (10 seeds by 4: 4, 3, 3; not 4, 4, 2): no pack is left far smaller than the others."""
+    if not items:
+        return []
+    count = -(-len(items) // size)
+    base, extra = divmod(len(items), count)
+    chunks, start = [], 0
+    for i in range(count):
+        end = start + base + (1 if i < extra else 0)
+        chunks.append(items[start:end])
+        start = end
+    return chunks
+
+
+@dataclass
+class GridPacking:
+    """A grid's Tune trials under `pack` (pack_grid)."""
+
+    trials: list[dict]  # per Tune trial {variant, overrides, trial}: a pack (training.seeds) or one grid point
+    members: list[list[int]]  # per Tune trial, the indices of its grid points (in the list given to pack_grid)
+    notes: list[str]  # why grid points were left unpacked, one line per variant label
+
+    @property
+    def packed(self) -> int:
+        """How many Tune trials train several seeds."""
+        return sum(len(m) > 1 for m in self.members)
+
+
+def pack_grid(trials: list[dict], pack: int) -> GridPacking:
+    """Group a grid's trials ({variant, overrides, trial} from load_sweep) that differ only in
+    training.seed into packed trials of up to `pack` seeds: per group, its seeds in grid order cut into
+    balanced_chunks; a chunk of one seed stays an ordinary trial. A pack's overrides name its seeds as
+    `training.seeds: [...]` where its points said `training.seed`; its trial config has training.seeds
+    and no training.seed. Each pack takes the place of its first grid point, so the order is the grid's.
+
+    Not packed (with a note): baselines (k-means, GMM: fitted in one go), a seed repeated within a
+    group (each seed trains once per pack), and grid points with no other seed to share a trial with.
+    Raises pydantic's ValidationError if a pack's config does not validate.
+    """
+    if pack == 1:  # today's sweep, as it is (and no cost for a grid of thousands)
+        return GridPacking(list(trials), [[i] for i in range(len(trials))], [])
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, t in enumerate(trials):
+        training = {k: v for k, v in t["trial"]["training"].items() if k != "seed"}
+        key = json.dumps({**t["trial"], "training": training}, sort_keys=True)
+        groups.setdefault((t["variant"], key), []).append(i)
+    notes: dict[str, str] = {}
+    placed: dict[int, tuple[dict, list[int]]] = {}  # first grid point -> (Tune trial, its points)
+    for (variant, _), members in groups.items():
+        first = trials[members[0]]
+        seeds = [trials[i]["trial"]["training"].get("seed") for i in members]
+        model = first["trial"]["model"]["name"]
+        reason = None
+        if "seeds" in first["trial"]["training"]:
+            reason = "its trials are packed already (training.seeds in the base or a variant)"
+        elif model not in TRAINED_MODELS:
+            reason = f"{model} is a baseline, fitted in one go: one trial per seed"
+        elif len(members) < 2:
+            reason = (f"one seed only (training.seed={seeds[0]})" if SEED_KEY in first["overrides"] else
+                      "no training.seed in the grid: one seed, nothing to pack")
+        elif len(set(seeds)) < len(seeds):
+            reason = (f"a seed repeats ({', '.join(str(s) for s in sorted(set(seeds)) if seeds.count(s) > 1)}): "
+                      "each seed trains once per pack")
+        if reason is not None:
+            notes.setdefault(variant, f"not packed: {variant}: {reason}")
+            for i in members:
+                placed[i] = (trials[i], [i])
+            continue
+        for chunk in balanced_chunks(members, pack):
+            if len(chunk) == 1:
+                placed[chunk[0]] = (trials[chunk[0]], chunk)
+                continue
+            chunk_seeds = [trials[i]["trial"]["training"]["seed"] for i in chunk]
+            overrides = {(SEEDS_KEY if k == SEED_KEY else k): (chunk_seeds if k == SEED_KEY else v)
+                         for k, v in first["overrides"].items()}
+            config = copy.deepcopy(first["trial"])
+            config["training"].pop("seed", None)
+            config["training"]["seeds"] = chunk_seeds
+            config = TrialConfig.model_validate(config).model_dump(mode="json")
+            placed[chunk[0]] = ({"variant": variant, "overrides": overrides, "trial": config}, chunk)
+    order = sorted(placed)
+    return GridPacking([placed[i][0] for i in order], [placed[i][1] for i in order], list(notes.values()))
+
+
+def search_candidates_train(sweep: SweepConfig) -> bool:
+    """Whether every trial a search can suggest is trained by gradient steps (no baseline among them)."""
+    base = resolved_base(sweep.base)
+    return all(with_overrides(base, overrides)["model"]["name"] in TRAINED_MODELS
+               for _, overrides in search_candidates(sweep.search))
+
+
+def search_pack(sweep: SweepConfig) -> int:
+    """Seeds per Tune trial of a search sweep: min(pack, search.replicates), or 1 when a suggestion
+    could be a baseline (k-means, GMM), which is not packed."""
+    if sweep.search is None or sweep.pack == 1 or sweep.search.replicates == 1:
+        return 1
+    return min(sweep.pack, sweep.search.replicates) if search_candidates_train(sweep) else 1
+
+
+def replicate_groups(replicates: int, pack: int) -> list[list[int]]:
+    """The replicates 0..R-1 of a suggestion, by Tune trial: balanced_chunks of at most `pack`."""
+    return balanced_chunks(list(range(replicates)), pack)
+
+
+def trials_per_suggestion(sweep: SweepConfig) -> int:
+    """Tune trials each suggestion of a search sweep runs: one per replicate, or one per pack of them."""
+    return len(replicate_groups(sweep.search.replicates, search_pack(sweep)))
 
 
 def load_sweep(path: str | Path) -> tuple[SweepConfig, list[dict]]:
@@ -447,9 +588,33 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, list[dict]]:
             problems.append(f"  scheduler.grace_period: {sweep.scheduler.grace_period} exceeds the {longest} epochs of "
                             "the longest trial (ASHA's max_t); lower it")
     problems += _device_problems(sweep, checked)
+    if not problems:
+        problems += _packing_problems(sweep, trials)
     if problems:
         raise ConfigError(f"invalid sweep file {path}:\n" + "\n".join(dict.fromkeys(problems)))
     return sweep, trials
+
+
+def _packing_problems(sweep: SweepConfig, trials: list[dict]) -> list[str]:
+    """The packed trial configs `pack` makes, validated (a grid's packs; a search's first suggestion's
+    seeds at every edge of the space)."""
+    if sweep.pack == 1:
+        return []
+    try:
+        if sweep.search is None:
+            pack_grid(trials, sweep.pack)
+        elif search_pack(sweep) > 1:
+            base = resolved_base(sweep.base)
+            seeds = [base["training"]["seed"] + r for r in replicate_groups(sweep.search.replicates,
+                                                                             search_pack(sweep))[0]]
+            for _, overrides in search_candidates(sweep.search):
+                config = with_overrides(base, overrides)
+                config["training"].pop("seed", None)
+                TrialConfig.model_validate({**config, "training": {**config["training"], "seeds": seeds}})
+    except (ConfigError, ValidationError) as error:
+        text = format_errors(error, indent="    ") if isinstance(error, ValidationError) else f"    {error}"
+        return [f"  pack: {sweep.pack} makes packed trials that do not validate:\n{text}"]
+    return []
 
 
 def _parse_sweep_file(path: Path) -> SweepConfig:
@@ -635,10 +800,20 @@ def describe(sweep: SweepConfig, trials: list[dict]) -> str:
     """What --dry-run prints: the trials (or the search space), their count and resources."""
     lines = [f"sweep {sweep.name}: {sweep.description}".rstrip(": ")]
     res = f"{sweep.resources.cpu:g} CPU" + (f" + {sweep.resources.gpu:g} GPU" if sweep.resources.gpu else "")
-    if sweep.search is None:
+    if sweep.search is None and sweep.pack == 1:
         lines.append(f"{len(trials)} trials, {res} each")
         for i, t in enumerate(trials):
             lines.append(f"  {i:4d}  {t['variant']:<20} " + " ".join(f"{k}={v}" for k, v in t["overrides"].items()))
+    elif sweep.search is None:
+        packing = pack_grid(trials, sweep.pack)
+        lines.append(f"{len(packing.trials)} trials from {len(trials)} grid points, pack {sweep.pack}: "
+                     f"{packing.packed} trial(s) train up to {sweep.pack} seeds packed in one process; {res} each "
+                     "(per trial, packed or not)")
+        for i, (t, members) in enumerate(zip(packing.trials, packing.members)):
+            packed = f"  ({len(members)} seeds packed)" if len(members) > 1 else ""
+            lines.append(f"  {i:4d}  {t['variant']:<20} "
+                         + " ".join(f"{k}={v}" for k, v in t["overrides"].items()) + packed)
+        lines += packing.notes
     else:
         s = sweep.search
         objective = ", ".join(f"{m} ({mode})" for m, mode in zip(s.metrics, s.modes))
@@ -647,6 +822,7 @@ def describe(sweep: SweepConfig, trials: list[dict]) -> str:
         for key, p in s.space.items():
             span = p.choices if p.type == "categorical" else f"[{p.low:g}, {p.high:g}]" + (" log" if p.log else "")
             lines.append(f"  {key}: {p.type} {span}")
+        lines += _search_packing_lines(sweep)
     lines += _concurrency_lines(sweep)
     lines.append(_selection_line(sweep))
     if sweep.scheduler:
@@ -655,6 +831,21 @@ def describe(sweep: SweepConfig, trials: list[dict]) -> str:
                      f"max_t {max_total_epochs(sweep, trials)} epochs")
     lines += [f"data: {what} {path}" for what, path in data_paths(sweep, trials)]
     return "\n".join(lines)
+
+
+def _search_packing_lines(sweep: SweepConfig) -> list[str]:
+    """How `pack` groups a search's replicates, or why it does not."""
+    if sweep.pack == 1:
+        return []
+    replicates, pack = sweep.search.replicates, search_pack(sweep)
+    if pack > 1:
+        sizes = [len(g) for g in replicate_groups(replicates, pack)]
+        return [f"packing: the {replicates} seeds of each suggestion train in {len(sizes)} trial(s) of "
+                f"{', '.join(map(str, sizes))} seeds packed (pack {sweep.pack}); resources are per trial"]
+    if replicates == 1:
+        return [f"not packed: search.replicates is 1, so each suggestion trains one seed (pack {sweep.pack} unused)"]
+    return ["not packed: the search can suggest a baseline (k-means, GMM: fitted in one go), so every seed is "
+            "a trial of its own"]
 
 
 def _selection_line(sweep: SweepConfig) -> str:
@@ -674,12 +865,15 @@ def _concurrency_lines(sweep: SweepConfig) -> list[str]:
     limit = effective_max_concurrent(sweep)
     if not limit:
         return ["concurrency: as many trials at once as the cluster's resources hold"]
-    source = "max_concurrent" if sweep.max_concurrent else "default: search.sampler.n_startup_trials x replicates"
     if sweep.search is None:
-        return [f"concurrency: at most {limit} trials at once ({source})"]
-    in_flight = math.ceil(limit / sweep.search.replicates)
-    lines = [f"concurrency: at most {limit} trials at once, {in_flight} suggestion(s) x {sweep.search.replicates} "
-             f"seed(s) ({source})"]
+        return [f"concurrency: at most {limit} trials at once (max_concurrent)"]
+    per_suggestion = trials_per_suggestion(sweep)
+    packed = per_suggestion < sweep.search.replicates
+    source = "max_concurrent" if sweep.max_concurrent else \
+        f"default: search.sampler.n_startup_trials x {'trials per suggestion' if packed else 'replicates'}"
+    in_flight = math.ceil(limit / per_suggestion)
+    seeds = f"{sweep.search.replicates} seed(s)" + (f" in {per_suggestion} packed trial(s)" if packed else "")
+    lines = [f"concurrency: at most {limit} trials at once, {in_flight} suggestion(s) x {seeds} ({source})"]
     startup = sweep.search.sampler.n_startup_trials
     if sweep.search.sampler.type == "tpe" and in_flight > startup:
         lines.append(f"WARNING: {in_flight} suggestions in flight exceed search.sampler.n_startup_trials ({startup}): "

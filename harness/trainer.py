@@ -33,6 +33,7 @@ from .files import write_json_atomic, write_npz_atomic
 from .layout import ASSIGNMENTS_FILE
 from .log_text import clock, significant
 from .metrics import clustering_metrics, silhouette
+from .precision import Precision, refuse_before_writing
 
 Reporter = Callable[[dict, Path], None]  # (metrics of one evaluation, run folder with checkpoint.pt)
 EVAL_SEED_OFFSET = 7919  # evaluation draws its own samples, so evaluating never shifts training
@@ -115,10 +116,11 @@ def _evaluate_split(model, x: torch.Tensor, batch_size: int, seed: int) -> Split
     progressive step s optimises. During a step s < J the all-facets ELBO counts facets that are
     not yet trained (alpha 0) or still fading in, so it sits far below the objective and jumps at
     step boundaries; within a step this is the curve to compare. With every alpha 1 the two are
-    the same and it is not recomputed.
+    the same and it is not recomputed; otherwise it is the same draw's ELBO at the training alphas
+    (`MFCVAE.elbo_at`: the decoder runs again, the encoder does not).
 
-    The one-sample ELBO draws from its own generator, so evaluating never shifts training's RNG;
-    the second pass draws from a twin of it, so both ELBOs see the same noise and are reproducible.
+    The one-sample ELBO draws from its own generator, so evaluating never shifts training's RNG.
+    Evaluation runs in fp32 whatever training.precision is.
     """
     if isinstance(model, ClusteringBaseline):
         return SplitEvaluation({}, [p.numpy() for p in model.cluster_probs(x)], None)
@@ -130,12 +132,11 @@ def _evaluate_split(model, x: torch.Tensor, batch_size: int, seed: int) -> Split
     means: list[list[torch.Tensor]] = [[] for _ in range(model.n_facets)]
     ones = torch.ones_like(model.alphas)
     faded = not torch.equal(model.alphas, ones)
-    twin = torch.Generator(device=x.device).manual_seed(seed + EVAL_SEED_OFFSET) if faded else None
     for start in range(0, len(x), batch_size):
         batch = x[start:start + batch_size]
         terms = model.loss_terms(batch, alphas=ones, generator=generator)
         batch_sums = {"elbo": terms["elbo"].sum(), "log_px": terms["log_px"].sum()}
-        training = model.loss_terms(batch, alphas=model.alphas, generator=twin)["elbo"] if faded else terms["elbo"]
+        training = model.elbo_at(batch, terms, model.alphas) if faded else terms["elbo"]
         batch_sums["elbo/training_alphas"] = training.sum()
         for j, (prior, facet, (mean, _)) in enumerate(zip(model.priors, terms["facets"], terms["params"]), start=1):
             batch_sums[f"kl_z/facet{j}"] = facet.kl_z.sum()
@@ -234,6 +235,7 @@ class Setup:
     optimiser: Optional[torch.optim.Optimizer] = None
     generator: Optional[torch.Generator] = None  # the data order
     schedule: Optional[Schedule] = None
+    precision: Optional[Precision] = None  # autocast and fp16 loss scaling of training steps
 
 
 @dataclass
@@ -269,6 +271,7 @@ class Trial:
         # Argument checks in torch.distributions cost time per batch and turn a NaN into an
         # exception mid-epoch; non-finite losses are caught once per epoch instead.
         torch.distributions.Distribution.set_default_validate_args(False)
+        refuse_before_writing(self.config.training.precision, self.config.training.device)  # fp16 on a CPU
         started = time.time()
         state = {"train_time": 0.0, "eval_time": 0.0, "samples": 0, "likelihood": None}
         setup = restored = None
@@ -327,7 +330,8 @@ class Trial:
         return Setup(device, data, model, torch.optim.Adam(model.parameters(), lr=tc.lr),
                      torch.Generator().manual_seed(tc.seed),  # on the CPU, moved per epoch
                      Schedule(model.n_facets, tc.epochs_per_step, tc.progressive, tc.fade_in_batches,
-                              batches_per_epoch(len(data.x_train), tc.batch_size)))
+                              batches_per_epoch(len(data.x_train), tc.batch_size)),
+                     Precision(tc.precision, device, tc.device))
 
     def _restore(self, setup: Setup, state: dict) -> Restored:
         """Load checkpoint.pt into the model, optimiser and RNGs; read metrics.jsonl. Writes nothing."""
@@ -360,6 +364,7 @@ class Trial:
         kept = [line for line in lines if json.loads(line).get("epoch", 0) <= ckpt["epoch"]]
         torch.set_rng_state(ckpt["torch_rng"])
         setup.generator.set_state(ckpt["data_rng"])
+        setup.precision.load_state_dict(ckpt.get("grad_scaler"))  # fp16 only
         if "cuda_rng" in ckpt and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(list(ckpt["cuda_rng"]))
         state.update(ckpt["timing"], resumed_at_epoch=ckpt["epoch"])
@@ -399,8 +404,8 @@ class Trial:
 
     def _run_training(self, setup: Setup, state: dict, restored: Optional[Restored]) -> dict:
         tc = self.config.training
-        model, data, optimiser, generator, schedule = (setup.model, setup.data, setup.optimiser, setup.generator,
-                                                       setup.schedule)
+        model, data, optimiser, generator, schedule, precision = (setup.model, setup.data, setup.optimiser,
+                                                                  setup.generator, setup.schedule, setup.precision)
         n_train = len(data.x_train)
         start_epoch, step, last = 0, 0, None
         if restored is not None:
@@ -425,10 +430,9 @@ class Trial:
                 if alphas != current:
                     model.alphas.copy_(torch.tensor(alphas))
                     current = alphas
-                loss = -model.loss_terms(x)["elbo"].mean()
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
+                with precision.autocast():
+                    loss = -model.loss_terms(x)["elbo"].mean()
+                precision.step(loss, optimiser)
                 epoch_loss += loss.detach()
                 step += 1
                 bar.update()
@@ -459,6 +463,8 @@ class Trial:
                      "torch_rng": torch.get_rng_state(), "data_rng": generator.get_state()}
             if torch.cuda.is_available():
                 saved["cuda_rng"] = torch.cuda.get_rng_state_all()
+            if setup.precision.scaler is not None:
+                saved["grad_scaler"] = setup.precision.state_dict()
             return saved
 
         return self.record_evaluation(model, setup.data, setup.schedule, epoch, step, train_loss, state, eta_s,
@@ -468,8 +474,9 @@ class Trial:
                           state: dict, eta_s: float, snapshot: Callable[[], dict]) -> dict:
         """Evaluate `model` after 0-based `epoch`, write its line of metrics.jsonl, assignments.npz and
         checkpoint.pt, log it and report it. `snapshot()` gives the checkpoint's model and optimizer
-        state_dicts and RNG states (`torch_rng`, `data_rng`, and `cuda_rng` where CUDA exists), taken
-        after the evaluation. harness.packed calls it per seed with that seed's sliced state."""
+        state_dicts and RNG states (`torch_rng`, `data_rng`, and `cuda_rng` where CUDA exists), and
+        under fp16 the GradScaler's state (`grad_scaler`), taken after the evaluation. harness.packed
+        calls it per seed with that seed's sliced state."""
         t = time.time()
         s, _ = schedule.step_of(epoch)
         metrics = {"epoch": epoch + 1, "step": step, "progressive_step": s,
@@ -482,8 +489,9 @@ class Trial:
         ckpt = {"model": saved["model"], "optimizer": saved["optimizer"], "epoch": epoch + 1,
                 "step": step, "torch_rng": saved["torch_rng"], "data_rng": saved["data_rng"],
                 "timing": timing, "config": self.config.model_dump(mode="json")}
-        if "cuda_rng" in saved:
-            ckpt["cuda_rng"] = saved["cuda_rng"]
+        for optional in ("cuda_rng", "grad_scaler"):
+            if optional in saved:
+                ckpt[optional] = saved[optional]
         # metrics.jsonl and assignments.npz first, then the checkpoint: a kill in between leaves an
         # evaluation after the checkpoint, which a resume cuts back (or writes again); the reverse
         # order would lose one, and a run killed right after its last checkpoint would keep the
@@ -525,7 +533,7 @@ class Trial:
             "wall_time_s": wall, "train_time_s": state["train_time"], "eval_time_s": state["eval_time"],
             "samples_per_s": state["samples"] / state["train_time"] if state["train_time"] else None,
             "eval_share": state["eval_time"] / max(state["train_time"] + state["eval_time"], 1e-9),
-            "argv": sys.argv, **provenance(device), **(extra or {}),
+            "argv": sys.argv, **provenance(device), "precision": self.config.training.precision, **(extra or {}),
         }
         write_json_atomic(self.result_path, result)
         return result

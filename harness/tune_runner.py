@@ -22,7 +22,8 @@ from .files import write_json_atomic
 from .layout import GRID_TRIALS_FILE, MLFLOW_FILE, SWEEP_FILE
 from .log_text import clock, significant
 from .preflight import alive_nodes, preflight
-from .sweep import SweepConfig, data_paths, effective_max_concurrent, reported_objectives, resolved_base
+from .sweep import SweepConfig, data_paths, effective_max_concurrent, pack_grid, reported_objectives, resolved_base, \
+    trials_per_suggestion
 from .sweep_checks import SweepError, check_before_start, driver_lock
 from .tune_trial import reported_status, trainable
 
@@ -92,9 +93,10 @@ def _event_printer(total: int, verbose: int = 0, grid_trials: list[dict] = ()):
             self._print(f"{done} of {self.total} trials done ({len(errored)} errored), {running} running, ETA {eta}")
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            trial_config = (self._point(trial) or trial.config).get("trial", {})
-            seed = trial_config.get("training", {}).get("seed")
-            self._print(f"start    {self._tag(trial)} seed={seed}")
+            training = (self._point(trial) or trial.config).get("trial", {}).get("training", {})
+            seeds = training.get("seeds")  # a packed trial
+            which = f"seeds={','.join(map(str, seeds))}" if seeds else f"seed={training.get('seed')}"
+            self._print(f"start    {self._tag(trial)} {which}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if reported_status(result) == "failed":  # printed by on_trial_complete, with its error
@@ -294,13 +296,18 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
 
     experiment_dir = check_before_start(sweep, storage, name, resume, retry_errored, trust_experiment_dir, tracker)
     storage, name = experiment_dir.parent, experiment_dir.name
-    # A resume trains what the first run recorded, whatever the sweep file expands to now.
-    grid_trials = (_recorded_grid_trials(experiment_dir) if resume else trials) if sweep.search is None else []
+    # A resume trains what the first run recorded, whatever the sweep file expands to now (its `pack` too).
+    grid_trials = []
+    if sweep.search is None:
+        grid_trials = _recorded_grid_trials(experiment_dir) if resume else pack_grid(trials, sweep.pack).trials
     run_trainable = tune.with_resources(
         tune.with_parameters(trainable, grid_trials=grid_trials, report=sweep.report,
                              required_metrics=reported_objectives(sweep)),
         {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
-    total = len(grid_trials or trials) if sweep.search is None else sweep.search.num_samples * sweep.search.replicates
+    if sweep.search is None:
+        total = len(grid_trials or trials)
+    else:
+        total = sweep.search.num_samples * trials_per_suggestion(sweep)
     with _owner_only_writes(), _ray_output(verbose), _tune_settings(sweep.ray_loggers), ExitStack() as held:
         start_ray(address, temp_dir=ray_temp_dir, quiet=verbose == 0)
         check_cluster_fits(sweep.resources.cpu, sweep.resources.gpu, allow_pending)
@@ -335,7 +342,8 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
             source_text + "\n# --- expanded by mfcbench ---\n"
             # The base as run: every default filled in and every path absolute, as are the overrides.
             + yaml.safe_dump({"resolved_base": resolved_base(sweep.base),
-                              "trials": [{"variant": t["variant"], "overrides": t["overrides"]} for t in trials]}))
+                              "trials": [{"variant": t["variant"], "overrides": t["overrides"]}
+                                         for t in grid_trials or trials]}))
         if sweep.search is None:
             write_json_atomic(experiment_dir / GRID_TRIALS_FILE, grid_trials, indent=None)
         if tracker == "mlflow":
@@ -346,7 +354,8 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
             param_space["trial_index"] = tune.grid_search(list(range(len(grid_trials))))
         else:
             search_alg = ReplicatedOptunaSearch(sweep, experiment_dir)
-            num_samples = sweep.search.num_samples * sweep.search.replicates  # Tune trials: one per seed
+            # Tune trials: one per seed, or per pack of a suggestion's seeds
+            num_samples = sweep.search.num_samples * trials_per_suggestion(search_alg.sweep)
         scheduler = asha_scheduler(sweep, trials) if sweep.scheduler else None
         tuner = tune.Tuner(
             run_trainable,

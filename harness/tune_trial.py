@@ -1,4 +1,5 @@
-"""Inside a Ray worker: one Tune trial trains one seed with the single-trial trainer, into the experiment folder.
+"""Inside a Ray worker: one Tune trial trains one seed with the single-trial trainer, or the seeds of a
+pack (training.seeds, harness.packed), into the experiment folder.
 
 What a trial trains comes in one of two shapes of Tune params:
   {"trial_index": i, ...}     grid trials: entry i of the expanded trial list, which the driver hands
@@ -19,23 +20,45 @@ data, a run folder that cannot resume) ends the Tune trial normally with that "f
 Tune's retries (FailureConfig.max_failures) are spent only on lost actors and nodes. No report ever
 holds a None or non-finite value: such keys are dropped, and a trial whose scheduler or search
 metric is non-finite fails.
+
+A packed trial (training.seeds, from a sweep's `pack`) trains its seeds with harness.packed into
+`trial_<id>/runs/seed<s>`, the folders unpacked trials of those seeds would have. Each of its
+reports holds, under the names an unpacked trial uses, the MEAN over the pack's seeds still training
+(on its final report: over the seeds that completed) of every metric, so the scheduler (ASHA) ranks
+a pack by its seeds' mean objective; and per seed `seed<s>/mfcbench_status` (running, completed,
+failed) and `seed<s>/<metric>` for the scheduler's and searcher's objectives and train_loss
+(PER_SEED_METRICS); `seeds` (e.g. "0,1,2") and `seeds_training` (how many seeds the mean is over).
+A seed that fails (non-finite loss) leaves the pack, whose other seeds go on; a seed without a
+finite objective is left out of the mean (and counts as failed for a search); the trial fails only
+when every seed has. A packed trial that starts again (`--resume`, a retry after a lost actor)
+keeps its seeds that ended (completed or failed), and trains the others again from the start as one
+pack (harness.packed cannot resume a pack; their folders are cleared first); a single seed left over
+resumes from its checkpoint as an unpacked trial does.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 import socket
+import statistics
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .config import RESUME_SAFE_KEYS, TrialConfig, differences, read_run_config, with_legacy_defaults
 from .files import write_json_atomic
-from .layout import TRIAL_META, run_folder
+from .layout import TRIAL_META, run_folder, trial_folder
 from .trial_device import trial_device
 
 STATUS = "mfcbench_status"  # the key of the result contract above
+PER_SEED_METRICS = ("train_loss",)  # reported per seed by a packed trial, besides the objectives
+
+
+def seed_key(seed: int, key: str) -> str:
+    """A packed trial's per-seed result key: `seed3/val/elbo`, `seed3/mfcbench_status`."""
+    return f"seed{seed}/{key}"
 
 
 def reported_status(result: dict | None) -> str | None:
@@ -66,6 +89,20 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
         if config_dict["training"].get("threads") is None:
             config_dict["training"]["threads"] = max(1, int(params.get("cpus", 1)))
         config = TrialConfig.model_validate(config_dict)  # on this node: an npz file it cannot read, say
+    except ValueError as error:
+        seeds = config_dict["training"].get("seeds")
+        who = {"seeds": seeds_text(seeds)} if seeds else {"seed": config_dict["training"].get("seed")}
+        tune.report({"variant": variant, **who, STATUS: "failed", "error": str(error)})
+        return
+    if config.packed:
+        identity = {"variant": variant, "seeds": seeds_text(config.training.seeds),
+                    "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+                    "pid": os.getpid()}
+        trial_dir = trial_folder(params["experiment_dir"], tune.get_context().get_trial_id())
+        train_packed(config, trial_dir, overrides, params.get("trial_index"), identity, tune.report, report,
+                     required_metrics)
+        return
+    try:
         # Not tune.get_context().get_trial_dir(): that is Ray's local staging folder, which a reused
         # actor does not sync to storage. Run folders go straight into the experiment folder (for a
         # multi-node cluster, storage must be a shared filesystem, as Ray requires anyway).
@@ -113,6 +150,129 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
         tune.report({**held, **identity, STATUS: "failed", "error": str(error)})
         return
     tune.report({**(held or finite_metrics(result["final"])), **identity, STATUS: "completed"})
+
+
+def seeds_text(seeds: Sequence[int]) -> str:
+    """A pack's seeds as one result value, "0,1,2" (Tune results hold scalars)."""
+    return ",".join(str(seed) for seed in seeds)
+
+
+def _mean(values: list[float]) -> float:
+    """The mean, or the value itself where every seed has the same (epoch, step: they stay ints)."""
+    return values[0] if all(v == values[0] for v in values) else statistics.fmean(values)
+
+
+class PackReports:
+    """What a packed trial reports to Tune (see the module's docstring), from its seeds' evaluations:
+    the trainer calls it once per seed and evaluation (harness.trainer's Reporter); once every seed
+    still training (`training()`, set by the caller) has evaluated an epoch, one report goes out."""
+
+    def __init__(self, seeds: Sequence[int], required_metrics: Sequence[str], report: str, last_epoch: int,
+                 identity: dict, ended: dict[int, str], send: Callable[[dict], None]):
+        self.seeds, self.required = list(seeds), list(required_metrics)
+        self.per_seed = list(dict.fromkeys([*self.required, *PER_SEED_METRICS]))
+        self.report, self.last_epoch, self.identity, self.send = report, last_epoch, identity, send
+        self.ended = dict(ended)  # seed -> status of the seeds that ended in an earlier start of the trial
+        self.training: Callable[[], set[int]] = lambda: set(self.seeds) - set(self.ended)
+        self.pending: dict[int, dict[int, dict]] = {}  # epoch -> seed -> its finite metrics
+        self.held: dict = {}  # the last evaluation's report, sent once the run has ended
+
+    def __call__(self, metrics: dict, run_dir: Path) -> None:
+        from .trainer import TrialFailed
+
+        seed, epoch = int(Path(run_dir).name.removeprefix("seed")), metrics.get("epoch", 0)
+        self.pending.setdefault(epoch, {})[seed] = finite_metrics(metrics)
+        training = self.training()
+        if not training <= set(self.pending[epoch]):
+            return  # seeds still to evaluate this epoch
+        evaluated = self.pending.pop(epoch)
+        statuses = {s: "running" if s in training else self.ended.get(s, "failed") for s in self.seeds}
+        combined = self.combine(evaluated, statuses)
+        if combined is None:  # raised inside the trainer, which records the failure of every seed still training
+            raise TrialFailed(f"{', '.join(self.required)} not finite at epoch {epoch} in any seed of the pack")
+        if self.report == "every_evaluation" and 0 < epoch < self.last_epoch:
+            self.send({**combined, STATUS: "running"})
+        else:
+            self.held = combined
+
+    def combine(self, evaluated: dict[int, dict], statuses: dict[int, str]) -> dict | None:
+        """One report from per-seed finite metrics: each metric's mean over the seeds that have every
+        required metric, per-seed values and statuses, identity. None when no seed has them all."""
+        usable = {s: m for s, m in evaluated.items() if all(r in m for r in self.required)}
+        if not usable:
+            return None
+        keys = dict.fromkeys(k for m in usable.values() for k in m)
+        means = {k: _mean([m[k] for m in usable.values() if k in m]) for k in keys}
+        per_seed = {seed_key(s, k): m[k] for s, m in evaluated.items() for k in self.per_seed if k in m}
+        return {**means, **per_seed, **{seed_key(s, STATUS): status for s, status in statuses.items()},
+                "seeds_training": len(usable), **self.identity}
+
+    def finish(self, results: dict[int, dict], error: str | None) -> dict:
+        """The trial's last report, from each seed's result.json: completed with the mean over the seeds
+        that completed, or failed (with `error`) when none did."""
+        statuses = {s: (results.get(s) or {}).get("status") or "failed" for s in self.seeds}
+        finals = {s: finite_metrics(results[s]["final"]) for s in self.seeds
+                  if statuses[s] == "completed" and results[s].get("final")}
+        combined = self.combine(finals, statuses) if finals else None
+        if combined is not None:
+            return {**combined, STATUS: "completed"}
+        errors = [f"seed {s}: {(results.get(s) or {}).get('error') or error or 'no finite objective'}"
+                  for s in self.seeds]
+        return {**self.held, **{seed_key(s, STATUS): status for s, status in statuses.items()}, **self.identity,
+                STATUS: "failed", "error": error or "every seed of the pack failed: " + "; ".join(errors)}
+
+
+def train_packed(config: TrialConfig, trial_dir: Path, overrides: dict, trial_index: int | None, identity: dict,
+                 send: Callable[[dict], None], report: str = "every_evaluation",
+                 required_metrics: Sequence[str] = ()) -> None:
+    """A packed trial (what `trainable` runs for a config with training.seeds; no Ray needed): its seeds
+    into trial_dir/runs/seed<s> (harness.packed), each report given to `send` (tune.report) as
+    PackReports makes it. `identity`: variant, seeds, node_id, host and pid, added to every report."""
+    from . import trainer
+    from .packed import PackedTrial, seed_folder
+
+    seeds, runs = list(config.training.seeds), trial_dir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    _record_start(trial_dir, identity["variant"], overrides, trial_index, config.model_dump(mode="json"), identity)
+
+    def log(line: str) -> None:
+        print(f"[seeds {identity['seeds']}] {line}", flush=True)
+
+    results = {}  # seed -> result.json, of the seeds that ended (a trial started again: before; then now)
+    for seed in seeds:
+        path = seed_folder(runs, seed) / "result.json"
+        if path.exists():
+            results[seed] = json.loads(path.read_text())
+    todo = [seed for seed in seeds if seed not in results]
+    reports = PackReports(seeds, required_metrics, report, config.training.total_epochs, identity,
+                          {seed: result.get("status") or "failed" for seed, result in results.items()}, send)
+    error = None
+    try:
+        if len(todo) >= 2:  # a fresh pack, or the seeds of one that was interrupted, trained from the start
+            for seed in todo:
+                shutil.rmtree(seed_folder(runs, seed), ignore_errors=True)
+            if todo != seeds:
+                log(f"seeds {seeds_text(results)} ended before; training {seeds_text(todo)} again from the start")
+                data = config.model_dump(mode="json")
+                data["training"]["seeds"] = todo
+                config = TrialConfig.model_validate(data)
+            pack = PackedTrial(config, runs, reporter=reports, log=log)
+            reports.training = lambda: {pack.seeds[i] for i in pack.active}
+            results.update(pack.run())
+        elif todo:  # one seed left: trained, or resumed from its checkpoint, as an unpacked trial is
+            (seed,) = todo
+            run_dir, single = seed_folder(runs, seed), config.for_seed(seed)
+            resume = (run_dir / "checkpoint.pt").exists()
+            if resume:
+                single = config_to_resume(run_dir, single, log=log)
+            results[seed] = trainer.run_trial(single, run_dir, resume=resume, reporter=reports, log=log)
+    except (trainer.TrialFailed, ValueError) as failure:  # ValueError: a seed's config.yaml that cannot be read
+        error = str(failure)
+        for seed in todo:
+            path = seed_folder(runs, seed) / "result.json"
+            if path.exists():
+                results[seed] = json.loads(path.read_text())
+    send(reports.finish(results, error))
 
 
 def config_to_resume(run_dir: Path, requested: TrialConfig, log=print) -> TrialConfig:

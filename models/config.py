@@ -36,6 +36,11 @@ class ModelConfig(BaseModel):
                                       "ladder's gated addition b + 0.1 alpha r")
     activation: Literal["relu", "elu", "leaky_relu"] = "relu"
     init: Literal["glorot", "data"] = "glorot"
+    data_init_scale: PositiveFloat = Field(
+        default=0.1, description="init: data - the standard deviation every layer's output gets on the init batch. "
+                                 "0.1 is the authors' (boilr's init_scale); it keeps the untrained posterior means "
+                                 "far less spread than prior_variance_init, as appendix D.4 asks. Runs before "
+                                 "issue 11's fix used 1.0, which left the conv ladder's shallow facet collapsed")
     prior_variance_init: PositiveFloat = 0.01
     prior_init_latents: Literal["mean", "sample"] = Field(
         default="mean", description="latents the initial GMM is fitted on: posterior means or samples")

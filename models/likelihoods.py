@@ -33,7 +33,10 @@ class GaussianLikelihood:
         self.std = float(std)
 
     def distribution(self, output: torch.Tensor) -> Independent:
-        return Independent(Normal(torch.sigmoid(output), self.std), output.ndim - 1)
+        # The std as a tensor made on the device (a fill, not a copy from the host, which a CUDA graph
+        # cannot capture); the same values as Normal's own conversion of the float.
+        std = torch.full((), self.std, dtype=output.dtype, device=output.device)
+        return Independent(Normal(torch.sigmoid(output), std), output.ndim - 1)
 
     def log_prob(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.distribution(output).log_prob(x)

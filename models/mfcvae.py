@@ -9,6 +9,7 @@ the fade-in coefficients `alphas` scale decoder rungs and KL terms (eq. 88-89).
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -30,6 +31,16 @@ NETWORKS = {
     "shared-mlp": (SharedMLPEncoder, SharedMLPDecoder, True),
     "shared-conv": (SharedConvEncoder, SharedConvDecoder, False),
 }
+
+
+def full_precision(device_type: str):
+    """Autocast off where it is on (training.precision bf16/fp16): the ELBO's mathematics run in fp32."""
+    return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext()
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """A network output in bf16/fp16 (autocast) as float32; float32 and float64 as they are."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def posterior(params: tuple[torch.Tensor, torch.Tensor]) -> Independent:
@@ -92,18 +103,33 @@ class MFCVAE(nn.Module):
     def loss_terms(self, x: torch.Tensor, form: str | None = None, alphas: torch.Tensor | None = None,
                    generator: torch.Generator | None = None, noise: list[torch.Tensor] | None = None) -> dict:
         """One-sample ELBO (B,) and its parts; `alphas` None uses the model's current fade-in; `noise`
-        (per facet, (B, d_j) standard normal) replaces the draw from `generator` (see reparameterise)."""
+        (per facet, (B, d_j) standard normal) replaces the draw from `generator` (see reparameterise).
+
+        Mixed precision (harness.precision) happens here and only here: under autocast the encoder and
+        decoder run in bf16/fp16, their outputs are cast to float32 (`upcast`: a no-op in fp32), and z, the
+        likelihood, the KL terms and the prior are computed with autocast off, in float32."""
         alphas = self.alphas if alphas is None else alphas
-        params = self.encode(x)
-        zs = self.reparameterise(params, generator, noise)
-        log_px = self.likelihood.log_prob(self.decode(zs, alphas), x)
-        facets = [
-            elbo_terms.facet_terms(prior.log_prob_given_c(z), prior.log_weights, posterior(p).log_prob(z),
-                                   form or self.config.elbo_form)
-            for prior, z, p in zip(self.priors, zs, params)
-        ]
-        return {"elbo": elbo_terms.elbo(log_px, facets, alphas), "log_px": log_px, "facets": facets, "zs": zs,
-                "params": params}
+        params = [(upcast(mean), upcast(log_var)) for mean, log_var in self.encode(x)]
+        with full_precision(x.device.type):
+            zs = self.reparameterise(params, generator, noise)
+        output = upcast(self.decode(zs, alphas))
+        with full_precision(x.device.type):
+            log_px = self.likelihood.log_prob(output, x)
+            facets = [
+                elbo_terms.facet_terms(prior.log_prob_given_c(z), prior.log_weights, posterior(p).log_prob(z),
+                                       form or self.config.elbo_form)
+                for prior, z, p in zip(self.priors, zs, params)
+            ]
+            elbo = elbo_terms.elbo(log_px, facets, alphas)
+        return {"elbo": elbo, "log_px": log_px, "facets": facets, "zs": zs, "params": params}
+
+    def elbo_at(self, x: torch.Tensor, terms: dict, alphas: torch.Tensor) -> torch.Tensor:
+        """The one-sample ELBO (B,) of the draw in `terms` (loss_terms of the same x) at other fade-in
+        `alphas`: only the decoder runs again, since the encoder, z and the KL terms do not depend on
+        alphas. Equal to loss_terms(x, alphas=alphas) with the same noise, bit for bit."""
+        output = upcast(self.decode(terms["zs"], alphas))
+        with full_precision(x.device.type):
+            return elbo_terms.elbo(self.likelihood.log_prob(output, x), terms["facets"], alphas)
 
     def elbo(self, x: torch.Tensor, form: str = "primary", generator: torch.Generator | None = None) -> torch.Tensor:
         """One-sample ELBO estimate (B,) with all facets fully active: eq. (62) or eq. (71)."""
@@ -178,7 +204,7 @@ class MFCVAE(nn.Module):
             batch = x_train[torch.randperm(len(x_train), generator=generator, device=x_train.device)[:512]]
             was_training = self.training
             self.train()
-            data_dependent_init(self, lambda: self.loss_terms(batch, generator=generator))
+            data_dependent_init(self, lambda: self.loss_terms(batch, generator=generator), self.config.data_init_scale)
             self.train(was_training)
         with batch_statistics(self):  # the encoder as it trains, not eval mode's initial running statistics
             latents = self.latents(x_train, sample=self.config.prior_init_latents == "sample", generator=generator)

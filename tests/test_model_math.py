@@ -211,17 +211,36 @@ def test_prior_init_from_gmm_on_encoder_means():
     torch.testing.assert_close(model.priors[0].weights, torch.full((3,), 1 / 3))
 
 
-def test_data_dependent_init_normalises_layer_outputs():
+@pytest.mark.parametrize("scale", [0.1, 1.0])
+def test_data_dependent_init_scales_layer_outputs(scale):
+    """Every layer's output gets mean 0 and std `model.data_init_scale` on the init batch (the
+    authors' boilr init uses 0.1, the default; 1.0 is what runs before issue 11's fix used)."""
     cfg = ModelConfig(architecture="ladder-conv", latent_dims=[2, 2], n_clusters=[3, 3], init="data",
-                      activation="elu", likelihood="gaussian")
+                      activation="elu", likelihood="gaussian", data_init_scale=scale)
     model = build_model(cfg, (3, 16, 16))
     x = torch.rand(512, 3, 16, 16)
     first = model.encoder.backbone[0][0]
     before = first(x).std().item()
     model.prepare(x, seed=0, batch_size=64, lr=1e-3, log=lambda s: None)
     out = first(x[:512])
-    assert abs(out.mean().item()) < 1e-4 and abs(out.std().item() - 1) < 1e-2
-    assert abs(before - 1) > 0.05  # the init changed something
+    assert abs(out.mean().item()) < 1e-4 * scale and abs(out.std().item() - scale) < 1e-2 * scale
+    assert abs(before - scale) > 0.05 * scale  # the init changed something
+
+
+def test_data_init_keeps_untrained_latents_tighter_than_the_prior_variance_init():
+    """Appendix D.4: the prior's initial variance must be much larger than what the GMM fitted on
+    untrained latents finds. With the authors' init scale the posterior means spread about as
+    much as one prior component; with 1.0 they spread 100x more (the conv collapse of issue 11)."""
+    spreads = {}
+    for scale in (0.1, 1.0):
+        cfg = ModelConfig(architecture="ladder-conv", latent_dims=[6, 2], n_clusters=[8, 3], init="data",
+                          activation="elu", likelihood="gaussian", data_init_scale=scale)
+        torch.manual_seed(0)
+        model = build_model(cfg, (3, 16, 16))
+        x = torch.rand(400, 3, 16, 16)
+        model.prepare(x, seed=0, batch_size=64, lr=1e-3, log=lambda s: None)
+        spreads[scale] = float(model.latents(x, sample=False)[0].var(axis=0).mean())
+    assert spreads[0.1] <= 2 * cfg.prior_variance_init < spreads[1.0] / 10
 
 
 def test_prior_init_sees_the_encoder_as_it_trains_not_eval_mode_batch_norm():

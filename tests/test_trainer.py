@@ -465,3 +465,15 @@ def test_a_sweep_started_before_validation_splits_keeps_training_on_all_images()
     current = small_config(dataset={"validation_fraction": 0.2}).model_dump(mode="json")
     _, _, today = _what_to_train({"trial_index": 0}, [{"variant": "new", "overrides": {}, "trial": current}])
     assert today["dataset"]["validation_fraction"] == 0.2
+
+
+def test_configs_from_before_the_data_init_fix_keep_unit_scale():
+    """model.data_init_scale arrived with issue 11's fix (0.1, the authors' init scale). A run folder's
+    config.yaml or a recorded sweep trial without it was initialised at 1.0: read back, it keeps 1.0,
+    so a resumed experiment never mixes seeds initialised differently; new configs get 0.1."""
+    from harness.config import with_legacy_defaults
+
+    written = small_config(model={"init": "data"}).model_dump(mode="json")
+    assert written["model"]["data_init_scale"] == 0.1
+    del written["model"]["data_init_scale"]
+    assert with_legacy_defaults(written)["model"]["data_init_scale"] == 1.0

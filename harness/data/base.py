@@ -89,7 +89,7 @@ def suggest_likelihood(x: torch.Tensor) -> Likelihood:
     MNIST is near-binary (the paper's Bernoulli); scikit-learn's digits (35% grey) and
     Fashion-MNIST (40%) are not.
     """
-    grey_share = float(((x > 0.1) & (x < 0.9)).float().mean())
+    grey_share = int(torch.count_nonzero((x > 0.1) & (x < 0.9))) / max(x.numel(), 1)  # no float copy of x
     return "bernoulli" if x.shape[1] == 1 and grey_share < NEAR_BINARY_MAX_GREY_SHARE else "gaussian"
 
 
@@ -139,10 +139,16 @@ def as_images(array: np.ndarray, name: str = "x") -> np.ndarray:
     )
 
 
+def uint8_to_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 images / 255 as float32, in one pass: the values of `images.astype(np.float32) / 255.0`
+    without its second 4-byte-per-pixel array (0.6-1.2 s of page faults on MNIST's 47M pixels here)."""
+    return torch.from_numpy(np.divide(images, np.float32(255.0), dtype=np.float32))
+
+
 def to_unit_float(images: np.ndarray) -> torch.Tensor:
     """uint8 images divided by 255, float images min-max scaled to [0, 1] (appendix D.1)."""
     if images.dtype == np.uint8:
-        return torch.from_numpy(images.astype(np.float32) / 255.0)
+        return uint8_to_unit(images)
     x = images.astype(np.float32)
     lo, hi = float(x.min()), float(x.max())
     if hi > lo and (lo < 0.0 or hi > 1.0):

@@ -5,9 +5,8 @@ import gzip
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .base import Dataset, labels, suggest_likelihood
+from .base import Dataset, labels, suggest_likelihood, uint8_to_unit
 from .catalog import DEBIAN_FASHION_MNIST, IDX_FILES, DatasetError, fashion_mnist_folders, find_idx_files
 
 
@@ -28,11 +27,11 @@ def read_idx(path: Path) -> np.ndarray:
 
 def load_idx_dataset(name: str, files: dict[str, Path], factor: str) -> Dataset:
     arrays = {key: read_idx(path) for key, path in files.items()}
-    x_train = torch.from_numpy(arrays["x_train"].astype(np.float32) / 255.0)[:, None]
+    x_train = uint8_to_unit(arrays["x_train"])[:, None]
     return Dataset(
         name=name,
         x_train=x_train,
-        x_test=torch.from_numpy(arrays["x_test"].astype(np.float32) / 255.0)[:, None],
+        x_test=uint8_to_unit(arrays["x_test"])[:, None],
         y_train={factor: labels(arrays["y_train"])},
         y_test={factor: labels(arrays["y_test"])},
         likelihood=suggest_likelihood(x_train),

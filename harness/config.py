@@ -19,6 +19,7 @@ from models.config import ModelConfig
 
 from .data import DatasetError, DatasetShape, check_dataset_name, dataset_shape
 from .data.catalog import DEFAULT_VALIDATION_FRACTION
+from .layout import with_legacy_run_defaults
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -357,8 +358,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def drop_replaced_seed_key(data: dict, dotted: str, overridden: set[str]) -> None:
+    """An override of training.seeds replaces the training.seed of the file or base it is applied
+    to (every written config.yaml and resolved sweep base holds one), and the other way round. Both
+    given by the same overrides (`overridden`: the keys they set), or both in one file, stay an error."""
+    other = {"training.seeds": "seed", "training.seed": "seeds"}.get(dotted)
+    if other and f"training.{other}" not in overridden and isinstance(data.get("training"), dict):
+        data["training"].pop(other, None)
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     data = copy.deepcopy(data)
+    overridden: set[str] = set()
     for text in overrides:
         path, value = parse_override(text)
         node = data
@@ -368,6 +379,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"--set {'.'.join(path)}: {part!r} is not a section")
             node = child
         node[path[-1]] = value
+        drop_replaced_seed_key(data, ".".join(path), overridden)
+        overridden.add(".".join(path))
     return data
 
 
@@ -393,11 +406,6 @@ def load_trial_config(source: str | Path | None = None, overrides: list[str] = (
     return validate(TrialConfig, apply_overrides(data, list(overrides)), "trial config")
 
 
-# What a run folder's config.yaml means by a key it lacks, where that differs from today's default:
-# runs written before the key existed ran without it (before the validation split, on the whole
-# training set), and resuming them must not change that.
-# model.data_init_scale: runs before issue 11's fix normalised data-dependent init to unit variance.
-LEGACY_RUN_DEFAULTS = {("dataset", "validation_fraction"): 0.0, ("model", "data_init_scale"): 1.0}
 
 
 LEGACY_EPOCHS_PER_STEP = 10  # an unset training.epochs_per_step before it depended on the data (issue 11)
@@ -405,13 +413,11 @@ LEGACY_EPOCHS_PER_STEP = 10  # an unset training.epochs_per_step before it depen
 
 def with_legacy_defaults(data: dict) -> dict:
     """A written trial config (a run's config.yaml, a sweep's recorded trial) with the keys it lacks
-    set as the code that wrote it meant them (LEGACY_RUN_DEFAULTS), not to today's defaults. Every
+    set as the code that wrote it meant them (harness.layout.LEGACY_RUN_DEFAULTS), not to today's defaults. Every
     config written since a key existed holds it (configs are written fully resolved). A recorded
     trial with training.epochs_per_step unset comes from a search started before the default
     depended on the data (new searches record it resolved): it keeps 10 epochs per step."""
-    for (section, key), value in LEGACY_RUN_DEFAULTS.items():
-        if isinstance(data.get(section, {}), dict):
-            data.setdefault(section, {}).setdefault(key, value)
+    with_legacy_run_defaults(data)
     training, model = data.get("training"), data.get("model") or {}
     if isinstance(training, dict) and training.get("epochs_per_step", 0) is None:
         trains = model.get("name", "mfcvae") in ("mfcvae", "vade")

@@ -30,6 +30,23 @@ TRIAL_META = "mfcbench-trial.json"
 STOPPED_EARLY_FILE = "mfcbench-stopped-early.json"
 ASSIGNMENTS_FILE = "assignments.npz"
 
+# What a written config (a run's config.yaml, a recorded sweep trial, a pickled searcher's base) means
+# by a key it lacks, where that differs from today's default or the key is newer than the config:
+# runs written before dataset.validation_fraction trained on the whole training set, before
+# model.data_init_scale (issue 11's fix) at unit scale, before training.precision in fp32.
+# harness.config fills them in when it reads such a config; reports fill them in before comparing
+# configs, so old and new seeds of one configuration stay one unit.
+LEGACY_RUN_DEFAULTS = {("dataset", "validation_fraction"): 0.0, ("model", "data_init_scale"): 1.0,
+                       ("training", "precision"): "fp32"}
+
+
+def with_legacy_run_defaults(data: dict) -> dict:
+    """`data` (a trial config as a mapping) with the LEGACY_RUN_DEFAULTS keys it lacks filled in, in place."""
+    for (section, key), value in LEGACY_RUN_DEFAULTS.items():
+        if isinstance(data.get(section, {}), dict):
+            data.setdefault(section, {}).setdefault(key, value)
+    return data
+
 
 def trial_folder(experiment_dir, trial_id: str):
     """The folder of a sweep trial: `<experiment_dir>/trial_<id>`."""

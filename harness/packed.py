@@ -16,21 +16,30 @@ Each seed is what its single run would be, in the RNG sense:
   plain model and calls harness.trainer.evaluate, as a single run evaluates.
 So per-seed losses match single runs up to float rounding (batched matmuls sum in another order).
 
-A seed whose epoch loss is non-finite (checked once per epoch, as a single run does) gets the
-single run's failure record in its own result.json and leaves the pack; the others go on. If every
-seed fails, TrialFailed. result.json of each seed adds `packed_with` (the pack's seeds); its
+A seed whose epoch loss is non-finite (checked once per epoch, as a single run does: one host sync)
+gets the single run's failure record in its own result.json and leaves the pack (its parameters,
+buffers, Adam state, noise and data-order generators); the others go on. So does a seed whose
+reporter raises SeedFailed after one of its evaluations (harness.tune_trial: a required metric not
+finite), as a single run's reporter fails that run; its evaluation stays written. If every seed
+fails, TrialFailed. result.json of each seed adds `packed_with` (the pack's seeds); its
 `train_time_s` is the pack's training time (every seed trained during all of it), so its
 `samples_per_s` is per seed and the pack's throughput is the sum over its seeds.
 
 training.precision applies to the pack as to a single run (harness.precision: the vmapped networks
-under autocast, the ELBO in fp32); under fp16 the pack shares one GradScaler, so a step in which
-one seed's gradients overflow is skipped for all of them.
+under autocast, the ELBO in fp32). Under fp16 the pack shares one GradScaler, so a step in which one
+seed's gradients overflow is skipped for all of them; a seed whose loss itself is non-finite would
+overflow every step from then on (every step skipped, the scale halved to 0, NaN written into the
+others), so under fp16 the losses are checked every step before backward (the scaler syncs with the
+host every step anyway): a seed whose loss is non-finite is recorded failed at once and leaves the
+pack mid-epoch, and that batch is skipped for every seed (no backward, the scaler untouched: the
+others' step counter and summed loss count it, as a single run counts a step its scaler skipped).
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -123,71 +132,97 @@ class PackedTrial:
         tc, every = self.config.training, self.config.evaluation.every_n_epochs
         setups, noise, cpu_states = self._set_up()
         data, schedule, template, precision = setups[0].data, setups[0].schedule, setups[0].model, setups[0].precision
-        data_order = [setup.generator for setup in setups]
         params, buffers = pk.stack([setup.model for setup in setups])
-        optimiser = torch.optim.Adam(list(params.values()), lr=tc.lr)
+        pack = _Pack(params, buffers, torch.optim.Adam(list(params.values()), lr=tc.lr), noise,
+                     [setup.generator for setup in setups], cpu_states, [None] * len(setups))
         del setups  # the template keeps one model's modules; functional_call lends it each seed's tensors
         template.train()
         latent_dims, dtype = list(template.config.latent_dims), next(iter(params.values())).dtype
+        del params, buffers  # the pack's own, cut down as seeds leave
         n_train, total, step = len(data.x_train), tc.total_epochs, 0
+        every_step = precision.scaler is not None  # fp16: see the module's docstring
         self.log(f"packed {len(self.seeds)} seeds ({', '.join(map(str, self.seeds))}) of "
                  f"{self.config.model.name}/{self.config.model.architecture} into {self.out_dir}/seed<s>")
         bar = progress_bar(total * schedule.batches_per_epoch, 0, self.out_dir.name, self.progress)
-        loop_started, last = time.time(), [None] * len(self.active)
-        for epoch in range(total):
-            t = time.time()
-            epoch_loss = torch.zeros(len(self.active), device=self.device)
-            current = None
-            for b, xs in enumerate(zip(*(batches(data.x_train, tc.batch_size, g) for g in data_order))):
-                alphas = schedule.alphas(epoch, b)
-                if alphas != current:
-                    buffers["alphas"].copy_(torch.tensor(alphas).expand_as(buffers["alphas"]))
-                    current = alphas
-                eps = pk.draw_noise(noise, len(xs[0]), latent_dims, self.device, dtype)
-                with precision.autocast():
-                    losses = pk.packed_losses(template, params, buffers, torch.stack(xs), eps)
-                precision.step(losses.sum(), optimiser)
-                epoch_loss += losses.detach()
-                step += 1
-                bar.update()
-            elapsed = time.time() - t
-            for i in self.active:
-                self.states[i]["train_time"] += elapsed
-                self.states[i]["samples"] += n_train
-            finite = torch.isfinite(epoch_loss).tolist()  # one host sync per epoch, as a single run
-            if not all(finite):
-                survivors = [k for k, ok in enumerate(finite) if ok]
-                for k in (k for k, ok in enumerate(finite) if not ok):
-                    i = self.active[k]
-                    results[self.seeds[i]] = self.trials[i]._write_result(
-                        "failed", self.states[i], self.device, started, error=non_finite_message(epoch, step),
-                        extra=self._extra)
-                    self.log(f"[seed{self.seeds[i]}] {non_finite_message(epoch, step)}; "
-                             f"{len(survivors)} seeds go on")
-                failed = [self.seeds[self.active[k]] for k, ok in enumerate(finite) if not ok]
-                self.active = [self.active[k] for k in survivors]
-                if not survivors:
-                    bar.close()
-                    raise TrialFailed(f"every packed seed failed: {non_finite_message(epoch, step)} "
-                                      f"(seeds {', '.join(map(str, failed))})")
-                params, buffers, optimiser = pk.keep(params, buffers, optimiser, survivors)
-                noise = [noise[k] for k in survivors]
-                data_order = [data_order[k] for k in survivors]
-                cpu_states = [cpu_states[k] for k in survivors]
-                epoch_loss, last = epoch_loss[survivors], [last[k] for k in survivors]
-            if (epoch + 1) % every == 0 or epoch + 1 == total:
-                eta = (time.time() - loop_started) / (epoch + 1) * (total - epoch - 1)
-                per_batch = [loss / schedule.batches_per_epoch for loss in epoch_loss.tolist()]
-                optimiser_state = optimiser.state_dict()
-                for k, i in enumerate(self.active):
-                    template.load_state_dict(pk.unstack(params, buffers, k))
-                    snapshot = self._snapshot(template, optimiser_state, k, noise[k], data_order[k], cpu_states[k],
-                                              precision)
-                    last[k] = self.trials[i].record_evaluation(template, data, schedule, epoch, step, per_batch[k],
-                                                               self.states[i], eta, snapshot)
-                template.train()
-        bar.close()
-        return last
+        loop_started = time.time()
+        try:
+            for epoch in range(total):
+                t, seen, current = time.time(), 0, None
+                pack.epoch_loss = pk.zeros_per_seed(pack.params)
+                pack.batches = [batches(data.x_train, tc.batch_size, g) for g in pack.data_order]
+                for b in range(schedule.batches_per_epoch):
+                    xs = [next(seed_batches) for seed_batches in pack.batches]
+                    alphas = schedule.alphas(epoch, b)
+                    if alphas != current:
+                        pk.set_alphas(pack.buffers, alphas)
+                        current = alphas
+                    eps = pk.draw_noise(pack.noise, len(xs[0]), latent_dims, self.device, dtype)
+                    with precision.autocast():
+                        losses = pk.packed_losses(template, pack.params, pack.buffers, pk.stack_batches(xs), eps)
+                    step, seen = step + 1, seen + len(xs[0])
+                    bar.update()
+                    pack.epoch_loss += losses.detach()
+                    if every_step:
+                        finite = pk.finite_per_seed(losses)  # the scaler syncs every step anyway
+                        if not all(finite):  # no backward, the scaler untouched: this batch trains no seed
+                            failed = [k for k, ok in enumerate(finite) if not ok]
+                            for k in failed:
+                                self.states[self.active[k]]["train_time"] += time.time() - t
+                                self.states[self.active[k]]["samples"] += seen
+                            self._leave(pack, {k: non_finite_message(epoch, step) for k in failed}, started, results)
+                            continue
+                    precision.step(losses.sum(), pack.optimiser)
+                pack.batches = []
+                elapsed = time.time() - t
+                for i in self.active:
+                    self.states[i]["train_time"] += elapsed
+                    self.states[i]["samples"] += n_train
+                finite = pk.finite_per_seed(pack.epoch_loss)  # one host sync per epoch, as a single run
+                if not all(finite):
+                    self._leave(pack, {k: non_finite_message(epoch, step) for k, ok in enumerate(finite) if not ok},
+                                started, results)
+                if (epoch + 1) % every == 0 or epoch + 1 == total:
+                    self._evaluate(pack, template, data, schedule, precision, epoch, step,
+                                   (time.time() - loop_started) / (epoch + 1) * (total - epoch - 1), started, results)
+        finally:
+            bar.close()
+        return pack.last
+
+    def _evaluate(self, pack: _Pack, template, data, schedule, precision: Precision, epoch: int, step: int,
+                  eta: float, started: float, results: dict[int, dict]) -> None:
+        """Each seed's evaluation and checkpoint as its single run's (harness.trainer.record_evaluation);
+        a seed whose reporter raised SeedFailed leaves the pack afterwards with that failure record."""
+        per_batch = [loss / schedule.batches_per_epoch for loss in pk.values_per_seed(pack.epoch_loss)]
+        optimiser_state = pack.optimiser.state_dict()
+        failures = {}
+        for k, i in enumerate(self.active):
+            template.load_state_dict(pk.unstack(pack.params, pack.buffers, k))
+            snapshot = self._snapshot(template, optimiser_state, k, pack.noise[k], pack.data_order[k],
+                                      pack.cpu_states[k], precision)
+            try:
+                pack.last[k] = self.trials[i].record_evaluation(template, data, schedule, epoch, step, per_batch[k],
+                                                                self.states[i], eta, snapshot)
+            except SeedFailed as failure:  # its evaluation is written, as a single run's would be
+                failures[k] = str(failure)
+        template.train()
+        if failures:
+            self._leave(pack, failures, started, results)
+
+    def _leave(self, pack: _Pack, failures: dict[int, str], started: float, results: dict[int, dict]) -> None:
+        """The seeds at pack positions `failures` (position -> message) get their failure record in their
+        own result.json and leave the pack; the others go on. TrialFailed when no seed is left."""
+        survivors = [k for k in range(len(self.active)) if k not in failures]
+        for k, message in failures.items():
+            i = self.active[k]
+            results[self.seeds[i]] = self.trials[i]._write_result("failed", self.states[i], self.device, started,
+                                                                  error=message, extra=self._extra)
+            self.log(f"[seed{self.seeds[i]}] {message}; {len(survivors)} seeds go on")
+        failed = [self.seeds[self.active[k]] for k in failures]
+        self.active = [self.active[k] for k in survivors]
+        if not survivors:
+            raise TrialFailed(f"every packed seed failed: {'; '.join(dict.fromkeys(failures.values()))} "
+                              f"(seeds {', '.join(map(str, failed))})")
+        pack.keep(survivors)
 
     def _snapshot(self, model, optimiser_state: dict, k: int, noise: torch.Generator, data_order: torch.Generator,
                   cpu_state: torch.Tensor, precision: Precision) -> Callable[[], dict]:
@@ -212,6 +247,40 @@ class PackedTrial:
             return saved
 
         return snapshot
+
+
+class SeedFailed(TrialFailed):
+    """Raised by a reporter (harness.tune_trial's PackReports: a required metric not finite) to fail
+    the one seed whose evaluation it was given: in a pack that seed's result.json records the failure
+    and it leaves the pack, whose other seeds go on. Outside a pack it is a TrialFailed like any other."""
+
+
+@dataclass
+class _Pack:
+    """What the training loop holds of the seeds still training, in pack order (PackedTrial.active):
+    the stacked parameters, buffers and Adam (touched through models.packed only), and per seed, as
+    lists, its noise and data-order generators, the CPU RNG state its prepare left, its last
+    evaluation and this epoch's batch iterator."""
+
+    params: pk.Stacked
+    buffers: pk.Stacked
+    optimiser: torch.optim.Optimizer
+    noise: list[torch.Generator]
+    data_order: list[torch.Generator]
+    cpu_states: list[torch.Tensor]
+    last: list[Optional[dict]]
+    epoch_loss: Optional[torch.Tensor] = None  # this epoch's summed loss per seed, (S,): models.packed's
+    batches: list[Iterator[torch.Tensor]] = field(default_factory=list)  # during an epoch
+
+    def keep(self, survivors: list[int]) -> None:
+        """Cut everything down to the seeds at pack positions `survivors`, mid-epoch or between epochs."""
+        self.params, self.buffers, self.optimiser = pk.keep(self.params, self.buffers, self.optimiser, survivors)
+        for name in ("noise", "data_order", "cpu_states", "last", "batches"):
+            values = getattr(self, name)
+            if values:
+                setattr(self, name, [values[k] for k in survivors])
+        if self.epoch_loss is not None:
+            self.epoch_loss = pk.keep_rows(self.epoch_loss, survivors)
 
 
 def run_packed(config: TrialConfig, out_dir: str | Path, reporter: Optional[Reporter] = None,

@@ -19,6 +19,9 @@ fp16 needs CUDA (a CPU has no fast fp16 matmul: refused, by config validation wh
 is cpu and before anything is written where `auto` resolves to the CPU). Its GradScaler's state is
 checkpointed (`grad_scaler`) and restored on resume. Packed seeds share one scaler: a step in which
 any seed's gradients overflow is skipped for every seed of the pack, and the scale is the pack's.
+So that one diverging seed cannot drive the shared scale to 0, an fp16 pack checks each seed's
+loss every step and drops a seed whose loss is non-finite at once (harness.packed); a seed with
+finite loss but overflowing gradients still skips the step for all.
 
 bf16 on a CPU runs, but only CPUs with bf16 instructions (avx512_bf16 or AMX on x86, BF16 on Arm)
 gain from it. Measured (torch 2.14, 1 thread, bare training steps: fwd+bwd+Adam; best of 3): on an

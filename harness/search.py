@@ -31,6 +31,7 @@ from ray.tune.search import Searcher
 
 from .agreement import suggestion_agreement
 from .config import TrialConfig, with_legacy_defaults
+from .layout import with_legacy_run_defaults
 from .layout import JOURNAL_FILE, STOPPED_EARLY_FILE, run_folder
 from .sweep import SweepConfig, is_agreement_metric, max_total_epochs, replicate_groups, resolved_base, search_pack, \
     with_overrides
@@ -233,6 +234,9 @@ class ReplicatedOptunaSearch(Searcher):
             config["training"]["seeds"] = seeds
         if not getattr(self, "resolves_defaults", False):
             config = with_legacy_defaults(config)
+        # A base pickled before a key existed lacks it: its suggestions keep what its first seeds trained
+        # with (model.data_init_scale 1.0 before issue 11's fix), so a study never mixes the two.
+        with_legacy_run_defaults(config)
         config = TrialConfig.model_validate(config).model_dump(mode="json")
         return {"grid_point": {"variant": "search", "trial": config}, "overrides": dict(params)}
 

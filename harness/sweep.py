@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
     model_validator
 
 from .agreement import AGREEMENT_OBJECTIVE
-from .config import ConfigError, TrialConfig, format_errors, read_yaml
+from .config import ConfigError, TrialConfig, drop_replaced_seed_key, format_errors, read_yaml
 from .data import DatasetError, dataset_shape
 
 # What harness.trainer.evaluate reports, measured on the test images (the names of the paper's tables).
@@ -382,6 +382,7 @@ def with_overrides(base: dict, overrides: dict[str, Any]) -> dict:
     data = copy.deepcopy(base)
     for key, value in overrides.items():
         set_path(data, key, value)
+        drop_replaced_seed_key(data, key, set(overrides))
     return data
 
 

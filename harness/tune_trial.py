@@ -16,10 +16,11 @@ defaults, such as the validation split, finishes as it began.
 The result contract the driver, the EventPrinter and the searcher rely on: every report carries
 `mfcbench_status`, "running" while training, and on the trial's final report "completed" or
 "failed" (with `error`: the message). A deterministic failure (TrialFailed: non-finite loss, bad
-data, a run folder that cannot resume) ends the Tune trial normally with that "failed" report, so
-Tune's retries (FailureConfig.max_failures) are spent only on lost actors and nodes. No report ever
-holds a None or non-finite value: such keys are dropped, and a trial whose scheduler or search
-metric is non-finite fails.
+data, a run folder that cannot resume; PrecisionError: a precision this node's device cannot run,
+such as bf16 on a GPU older than compute capability 8.0) ends the Tune trial normally with that
+"failed" report, so Tune's retries (FailureConfig.max_failures) are spent only on lost actors and
+nodes. No report ever holds a None or non-finite value: such keys are dropped, and a trial whose
+scheduler or search metric is non-finite fails.
 
 A packed trial (training.seeds, from a sweep's `pack`) trains its seeds with harness.packed into
 `trial_<id>/runs/seed<s>`, the folders unpacked trials of those seeds would have. Each of its
@@ -28,12 +29,16 @@ reports holds, under the names an unpacked trial uses, the MEAN over the pack's 
 a pack by its seeds' mean objective; and per seed `seed<s>/mfcbench_status` (running, completed,
 failed) and `seed<s>/<metric>` for the scheduler's and searcher's objectives and train_loss
 (PER_SEED_METRICS); `seeds` (e.g. "0,1,2") and `seeds_training` (how many seeds the mean is over).
-A seed that fails (non-finite loss) leaves the pack, whose other seeds go on; a seed without a
-finite objective is left out of the mean (and counts as failed for a search); the trial fails only
-when every seed has. A packed trial that starts again (`--resume`, a retry after a lost actor)
-keeps its seeds that ended (completed or failed), and trains the others again from the start as one
-pack (harness.packed cannot resume a pack; their folders are cleared first); a single seed left over
-resumes from its checkpoint as an unpacked trial does.
+A seed that fails leaves the pack, whose other seeds go on, and ends as its unpacked trial would:
+its result.json records the failure, for a non-finite training loss (harness.packed) and for a
+scheduler or search metric that is not finite at an evaluation (PackReports raises SeedFailed for
+that seed: "<metric> not finite at epoch <e>", as an unpacked trial's reporter raises TrialFailed;
+that evaluation stays in its metrics.jsonl). Such a seed is in no mean from then on, and counts as
+failed for a search; the trial fails only when every seed has. A packed trial that starts again
+(`--resume`, a retry after a lost actor) keeps its seeds that ended (completed or failed), and
+trains the others again from the start as one pack (harness.packed cannot resume a pack; their
+folders are cleared first); a single seed left over resumes from its checkpoint as an unpacked
+trial does.
 """
 from __future__ import annotations
 
@@ -80,6 +85,7 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
     from ray import tune
 
     from . import trainer
+    from .precision import PrecisionError
 
     variant, overrides, config_dict = _what_to_train(params, grid_trials)
     try:
@@ -146,7 +152,8 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
     try:
         result = trainer.run_trial(config, run_dir, resume=resume, reporter=reporter,
                                    log=lambda line: print(f"[seed {seed}] {line}", flush=True))
-    except trainer.TrialFailed as error:
+    except (trainer.TrialFailed, PrecisionError) as error:  # PrecisionError: a precision this node's device
+        # cannot run (bf16 on a GPU older than compute capability 8.0), refused before the run's first file
         tune.report({**held, **identity, STATUS: "failed", "error": str(error)})
         return
     tune.report({**(held or finite_metrics(result["final"])), **identity, STATUS: "completed"})
@@ -172,24 +179,36 @@ class PackReports:
         self.seeds, self.required = list(seeds), list(required_metrics)
         self.per_seed = list(dict.fromkeys([*self.required, *PER_SEED_METRICS]))
         self.report, self.last_epoch, self.identity, self.send = report, last_epoch, identity, send
-        self.ended = dict(ended)  # seed -> status of the seeds that ended in an earlier start of the trial
+        self.ended = dict(ended)  # seed -> status of the seeds that ended in an earlier start of the trial,
+        # and "failed" for those whose objective was not finite in this one
         self.training: Callable[[], set[int]] = lambda: set(self.seeds) - set(self.ended)
         self.pending: dict[int, dict[int, dict]] = {}  # epoch -> seed -> its finite metrics
         self.held: dict = {}  # the last evaluation's report, sent once the run has ended
 
     def __call__(self, metrics: dict, run_dir: Path) -> None:
-        from .trainer import TrialFailed
+        from .packed import SeedFailed
 
         seed, epoch = int(Path(run_dir).name.removeprefix("seed")), metrics.get("epoch", 0)
-        self.pending.setdefault(epoch, {})[seed] = finite_metrics(metrics)
-        training = self.training()
+        numeric = finite_metrics(metrics)
+        missing = [m for m in self.required if m not in numeric]
+        self.pending.setdefault(epoch, {})[seed] = numeric
+        if missing:
+            self.ended[seed] = "failed"  # it leaves the pack: harness.packed records the failure and drops it
+        self._report_when_evaluated(epoch)
+        if missing:  # raised inside the trainer: in a pack this seed fails alone, as an unpacked trial would
+            raise SeedFailed(f"{', '.join(missing)} not finite at epoch {epoch}")
+
+    def _report_when_evaluated(self, epoch: int) -> None:
+        """Once every seed still training has evaluated `epoch`: its report (none if no seed has a finite
+        objective: each of them failed, and with the last of them the trial)."""
+        training = self.training() - set(self.ended)
         if not training <= set(self.pending[epoch]):
             return  # seeds still to evaluate this epoch
         evaluated = self.pending.pop(epoch)
         statuses = {s: "running" if s in training else self.ended.get(s, "failed") for s in self.seeds}
         combined = self.combine(evaluated, statuses)
-        if combined is None:  # raised inside the trainer, which records the failure of every seed still training
-            raise TrialFailed(f"{', '.join(self.required)} not finite at epoch {epoch} in any seed of the pack")
+        if combined is None:
+            return
         if self.report == "every_evaluation" and 0 < epoch < self.last_epoch:
             self.send({**combined, STATUS: "running"})
         else:

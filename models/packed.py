@@ -3,7 +3,10 @@ parameter and buffer (`torch.func.stack_module_state`), the loss run per seed un
 over `functional_call`. Pure functions; the models themselves know nothing of seeds.
 
     params, buffers = stack(models)                  # S built-and-prepared models, same config
+    set_alphas(buffers, alphas)                      # the fade-in, the same for every seed
+    x = stack_batches([x_0, ..., x_S-1])             # each seed's own batch
     losses = packed_losses(template, params, buffers, x, noise)   # (S,) mean negative ELBO per seed
+    finite_per_seed(losses)                          # [bool] * S (one host sync)
     state = unstack(params, buffers, i)              # seed i as an ordinary state_dict
 
 `x` is (S, B, ...): each seed's own batch. `noise` is one (S, B, d_j) standard-normal tensor per
@@ -19,7 +22,11 @@ statistics against a single run of seed i.
 
 Adam is elementwise, so one Adam over the stacked leaves is S Adams; `optimiser_state_of` slices
 seed i's state into the format of `torch.optim.Adam(model.parameters())`, and `keep` cuts the pack
-(parameters, buffers and optimiser state) down to the seeds that go on.
+(parameters, buffers and optimiser state) down to the seeds that go on, `keep_rows` a per-seed
+vector such as summed losses.
+
+The seed dimension stays in this module: a caller (harness.packed) holds seeds as lists (batches,
+generators, flags, floats) and hands tensors with a seed dimension only to these functions.
 """
 from __future__ import annotations
 
@@ -53,6 +60,38 @@ def stack(models: list[nn.Module]) -> tuple[Stacked, Stacked]:
 
 def pack_size(params: Stacked) -> int:
     return len(next(iter(params.values())))
+
+
+def stack_batches(batches: list[torch.Tensor]) -> torch.Tensor:
+    """(S, B, ...): seed s's batch batches[s] (each (B, ...), the same B for every seed)."""
+    return torch.stack(batches)
+
+
+@torch.no_grad()
+def set_alphas(buffers: Stacked, alphas: list[float]) -> None:
+    """Every seed's fade-in coefficients (the stacked `alphas` buffer, (S, J)) set to `alphas` (J), in place."""
+    stacked = buffers["alphas"]
+    stacked.copy_(torch.as_tensor(alphas, dtype=stacked.dtype).expand_as(stacked))
+
+
+def zeros_per_seed(params: Stacked) -> torch.Tensor:
+    """(S,) float32 zeros on the pack's device: a per-seed running sum (of losses, say)."""
+    return torch.zeros(pack_size(params), device=next(iter(params.values())).device)
+
+
+def finite_per_seed(values: torch.Tensor) -> list[bool]:
+    """Whether each seed's value of an (S,) tensor is finite, as a list (one host sync)."""
+    return torch.isfinite(values).tolist()
+
+
+def values_per_seed(values: torch.Tensor) -> list[float]:
+    """An (S,) tensor as S floats (one host sync)."""
+    return values.detach().tolist()
+
+
+def keep_rows(values: torch.Tensor, indices: list[int]) -> torch.Tensor:
+    """Rows `indices` (in that order) of a tensor with a leading seed dimension, such as losses."""
+    return values[torch.tensor(indices, dtype=torch.long, device=values.device)]
 
 
 def packed_losses(template: nn.Module, params: Stacked, buffers: Stacked, x: torch.Tensor,

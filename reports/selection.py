@@ -19,6 +19,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
+from harness.layout import with_legacy_run_defaults
 from harness.agreement import AGREEMENT_OBJECTIVE, aligned_pairs, matched_facets, partition_agreement, \
     read_assignments, suggestion_agreement
 
@@ -44,8 +45,10 @@ def has_validation_metrics(runs: pd.DataFrame) -> bool:
 
 
 def _unit_config(config_json: str) -> str:
-    """The run's config without the keys the runs of a unit may differ in, as sorted JSON."""
-    config = json.loads(config_json)
+    """The run's config without the keys the runs of a unit may differ in, as sorted JSON. Keys a
+    config from before they existed lacks are filled in as it meant them, so a seed trained (or
+    resumed) today and one trained before stay one unit."""
+    config = with_legacy_run_defaults(json.loads(config_json))
     for section, keys in SEED_FREE_KEYS.items():
         if keys is None:
             config.pop(section, None)

@@ -37,3 +37,21 @@ def local_ray(ray_home):
     kill_all(processes_of(temp))
     if old_home is not None:
         os.environ["HOME"] = old_home
+
+
+@pytest.fixture
+def tune_session(monkeypatch):
+    """tune.report / get_context as a sweep trial sees them, without Ray; returns the list of reports.
+    A CPU trial (`ray.get_gpu_ids` gives none); a test that needs a GPU trial patches it again."""
+    from types import SimpleNamespace
+
+    import ray
+    from ray import tune
+
+    reports: list[dict] = []
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(metrics))
+    monkeypatch.setattr(tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "abc_00000"))
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "node-1"))
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])  # unpatched it would start a Ray
+    return reports
+

@@ -98,3 +98,11 @@ def start_two_node_cluster(env: dict, head_temp: str, worker_temp: str | None = 
         result = run(step, env, timeout=120)
         assert result.returncode == 0, f"{' '.join(step[1:3])}: {result.stderr[-2000:]}"
     return address
+
+
+def journal_study(path):
+    """The Optuna study of a search as written to `path`/optuna.journal, read back by a fresh storage."""
+    import optuna
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path / "optuna.journal")))
+    return optuna.load_study(study_name="t", storage=storage)

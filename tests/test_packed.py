@@ -178,8 +178,12 @@ def test_a_seed_that_goes_non_finite_fails_alone(tmp_path, monkeypatch, ladder):
         return noise
 
     monkeypatch.setattr(models.packed, "draw_noise", poisoned)
+    checks, original_check = [], models.packed.finite_per_seed
+    monkeypatch.setattr(models.packed, "finite_per_seed", lambda values: checks.append(1) or original_check(values))
     results = run_packed(packed(tiny(), [0, 1, 7]), tmp_path, **QUIET)
     assert calls[12:16] == [3, 3, 3, 3] and calls[-1] == 2  # the pack went on with two seeds
+    assert calls == [3] * 22 + [2] * 33  # it left at the end of epoch 2, not when its loss went NaN
+    assert len(checks) == 5  # fp32: one host sync per epoch, none per step
     failed = json.loads((tmp_path / "seed7" / "result.json").read_text())
     assert failed["status"] == "failed" and failed["error"].startswith("non-finite loss in epoch 2 (steps up to 22)")
     assert results[7] == failed and failed["packed_with"] == [0, 1, 7]
@@ -194,6 +198,24 @@ def test_a_seed_that_goes_non_finite_fails_alone(tmp_path, monkeypatch, ladder):
         for m, n in zip(lines(tmp_path / f"seed{seed}"), reference):
             assert m["train_loss"] == pytest.approx(n["train_loss"], rel=1e-5)
             assert m["elbo"] == pytest.approx(n["elbo"], rel=1e-5)
+
+
+def test_the_seed_dimension_stays_in_models_packed():
+    """The small functions harness.packed hands tensors with a seed dimension to."""
+    batches = [torch.full((4, 1, 2, 2), float(s)) for s in range(3)]
+    x = models.packed.stack_batches(batches)
+    assert x.shape == (3, 4, 1, 2, 2) and all(torch.equal(x[s], b) for s, b in enumerate(batches))
+    buffers = {"alphas": torch.ones(3, 2), "other": torch.zeros(3)}
+    models.packed.set_alphas(buffers, [0.0, 0.25])
+    assert torch.equal(buffers["alphas"], torch.tensor([[0.0, 0.25]] * 3)) and torch.equal(buffers["other"],
+                                                                                           torch.zeros(3))
+    params = {"w": torch.zeros(3, 5, requires_grad=True)}
+    sums = models.packed.zeros_per_seed(params)
+    assert sums.shape == (3,) and sums.dtype == torch.float32 and not sums.requires_grad
+    losses = torch.tensor([1.0, float("inf"), float("nan")])
+    assert models.packed.finite_per_seed(losses) == [True, False, False]
+    assert models.packed.values_per_seed(torch.tensor([1.5, 2.5])) == [1.5, 2.5]
+    assert torch.equal(models.packed.keep_rows(torch.tensor([5.0, 6.0, 7.0]), [2, 0]), torch.tensor([7.0, 5.0]))
 
 
 def test_every_seed_non_finite_is_a_failed_trial(tmp_path, monkeypatch):
@@ -344,3 +366,26 @@ def test_cli_trains_packed_seeds_into_seed_folders(tmp_path, capsys):
     assert "already completed" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="not resumed as a pack"):
         main(["train", "--out", str(out / "seed0"), "--resume", "--set", "training.seeds=[0,1]"])
+
+
+def test_seeds_override_replaces_the_seed_of_a_written_config(tmp_path):
+    """Every config.yaml and resolved sweep base holds a training.seed: `--set training.seeds=[..]` on
+    it (or a sweep variant setting training.seeds) replaces that seed instead of being refused; a file
+    that itself holds both is still an error naming both keys."""
+    import yaml
+
+    from harness.config import ConfigError, load_trial_config
+    from harness.sweep import resolved_base, with_overrides
+
+    written = tmp_path / "config.yaml"
+    written.write_text(yaml.safe_dump({"training": {"seed": 3, "epochs_per_step": [1, 1]}}))
+    config = load_trial_config(written, ["training.seeds=[0,1]"])
+    assert config.training.seeds == [0, 1]
+    back = load_trial_config(written.parent / "config.yaml", ["training.seed=5"])
+    assert back.training.seeds is None and back.training.seed == 5
+    variant = TrialConfig.model_validate(with_overrides(resolved_base({"training": {"seed": 3}}),
+                                                        {"training.seeds": [4, 5]}))
+    assert variant.training.seeds == [4, 5]
+    written.write_text(yaml.safe_dump({"training": {"seed": 3, "seeds": [0, 1]}}))
+    with pytest.raises(ConfigError, match=r"training\.seed .*training\.seeds"):
+        load_trial_config(written)

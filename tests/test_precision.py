@@ -225,3 +225,96 @@ def test_bf16_on_a_gpu_without_bf16_is_refused_before_any_file(tmp_path, monkeyp
                                                        "fp16")):
         run_trial(config, tmp_path / "run", **QUIET)
     assert not (tmp_path / "run").exists()
+
+
+def lift_the_fp16_guard(monkeypatch):
+    """fp16 on the CPU (CPU autocast has fp16), as the loss-scaling test above exercises it."""
+    monkeypatch.setattr(harness.precision, "check_precision", lambda *args: None)
+    monkeypatch.setattr("harness.packed.refuse_before_writing", lambda *args: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_an_fp16_seed_whose_loss_overflows_leaves_the_pack_at_once(tmp_path, monkeypatch):
+    """The pack's one GradScaler would skip every step once seed 2's loss is inf (its noise is, from step
+    5 on) and halve the scale to 0, then write NaN into seeds 0 and 1. Under fp16 the losses are checked
+    every step: seed 2 is recorded failed at step 5 and leaves the pack at once (its noise and its batch
+    iterator with it), step 5 trains no seed, and seeds 0 and 1 train on with a sane scale."""
+    import harness.packed
+    import models.packed
+
+    lift_the_fp16_guard(monkeypatch)
+    noise_rows, original_noise = [], models.packed.draw_noise
+
+    def poisoned(generators, *args, **kwargs):
+        noise = original_noise(generators, *args, **kwargs)
+        noise_rows.append(len(generators))
+        if len(noise_rows) >= 5 and len(generators) == 3:
+            noise[0][2] = float("inf")  # seed 2 overflows from step 5 on
+        return noise
+
+    monkeypatch.setattr(models.packed, "draw_noise", poisoned)
+    drawn, original_batches = {}, harness.packed.batches
+
+    def counted_batches(x, batch_size, generator):  # batches drawn per seed (its data-order generator's seed)
+        for batch in original_batches(x, batch_size, generator):
+            drawn[generator.initial_seed()] = drawn.get(generator.initial_seed(), 0) + 1
+            yield batch
+
+    monkeypatch.setattr(harness.packed, "batches", counted_batches)
+    scaled_steps, original_step = [], Precision.step
+    monkeypatch.setattr(Precision, "step", lambda self, loss, optimiser: (
+        scaled_steps.append(self.scaler.get_scale()), original_step(self, loss, optimiser)))
+    checks, original_check = [], models.packed.finite_per_seed
+    monkeypatch.setattr(models.packed, "finite_per_seed", lambda values: checks.append(1) or original_check(values))
+
+    results = run_packed(TrialConfig.model_validate(tiny("fp16", device="auto", seeds=[0, 1, 2])), tmp_path,
+                         **QUIET)
+    assert noise_rows == [3] * 5 + [2] * 17  # 2 epochs of 11 batches; seed 2 left at step 5
+    assert drawn == {0: 22, 1: 22, 2: 5}  # its batch iterator went with it
+    assert len(scaled_steps) == 21  # step 5 skipped: no backward, the scaler untouched
+    assert len(checks) == 22 + 2  # every step under fp16, and each epoch's sum
+    failed = json.loads((tmp_path / "seed2" / "result.json").read_text())
+    assert failed["status"] == "failed" and results[2] == failed and failed["packed_with"] == [0, 1, 2]
+    assert failed["error"].startswith("non-finite loss in epoch 1 (steps up to 5); try a lower training.lr")
+    assert not (tmp_path / "seed2" / "metrics.jsonl").exists()  # it failed before its first evaluation
+    for seed in (0, 1):
+        result = results[seed]
+        assert result["status"] == "completed" and result["precision"] == "fp16"
+        assert all(np.isfinite(result["final"][k]) for k in ("train_loss", "elbo", "val/elbo"))
+        scale = torch.load(tmp_path / f"seed{seed}" / "checkpoint.pt", weights_only=True)["grad_scaler"]["scale"]
+        assert 2.0 ** 8 <= scale <= 2.0 ** 16  # GradScaler starts at 2**16; unchecked it fell to ~1e-44
+        model = torch.load(tmp_path / f"seed{seed}" / "checkpoint.pt", weights_only=True)["model"]
+        assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
+    assert min(scaled_steps) >= 2.0 ** 8
+
+
+@pytest.fixture
+def gpu_tune_session(tune_session, monkeypatch):
+    """tune_session (tests/conftest.py) of a trial Ray gave a GPU."""
+    import ray
+
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
+    return tune_session
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_bf16_on_a_gpu_without_bf16_in_a_sweep_is_a_failed_trial(tmp_path, monkeypatch, gpu_tune_session, packed):
+    """In a sweep the refusal is the trial's failure, with its message, as any deterministic failure is:
+    not an exception that Ray retries and then records as an error."""
+    from harness.tune_trial import trainable
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
+    seeds = {"seeds": [0, 1]} if packed else {"seed": 3}
+    trial = TrialConfig.model_validate(tiny("bf16", device="cuda", **seeds)).model_dump(mode="json")
+    trainable({"grid_point": {"variant": "v", "trial": trial}, "overrides": {}, "cpus": 1,
+               "experiment_dir": str(tmp_path / "exp")})
+    (report,) = gpu_tune_session
+    assert report["mfcbench_status"] == "failed"
+    assert report["error"] == ("training.precision: bf16 needs a GPU with bf16 arithmetic (compute capability 8.0 or "
+                               "later: A100, H100, RTX 30xx and newer); Tesla V100-SXM2-16GB has 7.0: allowed there "
+                               "fp32 or fp16")
+    assert report["seeds" if packed else "seed"] == ("0,1" if packed else 3)
+    assert not list((tmp_path / "exp").glob("trial_*/runs/seed*/*"))  # refused before the run's first file

@@ -8,13 +8,13 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
 from harness.config import DEFAULT_OPTIMISER_STEPS, ConfigError, with_legacy_defaults
 from harness.sweep import load_sweep
+from ray_helpers import journal_study
 
 
 TINY_BASE = {
@@ -26,7 +26,7 @@ LR_SPACE = {"training.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": T
 
 
 def write_sweep(path: Path, **fields) -> Path:
-    path.write_text(yaml.safe_dump({"name": "t", "base": TINY_BASE, **fields}))
+    path.write_text(yaml.safe_dump({"name": "t", "base": TINY_BASE, **fields}, sort_keys=False))
     return path
 
 
@@ -40,13 +40,6 @@ def searcher_for(tmp_path, base: dict = TINY_BASE, **search):
 
     sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", base=base, search={"space": LR_SPACE, **search}))
     return ReplicatedOptunaSearch(sweep, tmp_path)
-
-
-def journal_study(tmp_path):
-    """The study as written to disk, read back by a fresh storage (not the searcher's cache)."""
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal")))
-    return optuna.load_study(study_name="t", storage=storage)
 
 
 def completed(elbo: float, epoch: int = 2) -> dict:
@@ -249,6 +242,17 @@ def test_suggestions_are_resolved_and_a_searcher_from_before_keeps_the_old_epoch
     assert old.suggest("t1")["grid_point"]["trial"]["training"]["epochs_per_step"] == [10]
     recorded = {"model": {"latent_dims": [3, 2]}, "training": {"epochs_per_step": None}}
     assert with_legacy_defaults(recorded)["training"]["epochs_per_step"] == [10, 10]
+
+
+def test_a_searcher_from_before_the_data_init_fix_keeps_unit_scale(tmp_path):
+    """A searcher pickled before model.data_init_scale existed holds a base without it: its later
+    suggestions keep 1.0, as its finished seeds were initialised, while a new search gets 0.1."""
+    searcher = searcher_for(tmp_path, base={**TINY_BASE, "model": {**TINY_BASE.get("model", {}), "init": "data"}},
+                            replicates=2, num_samples=2)
+    assert searcher.suggest("t0")["grid_point"]["trial"]["model"]["data_init_scale"] == 0.1
+    old = pickle.loads(pickle.dumps(searcher))
+    del old.base["model"]["data_init_scale"]  # what un-pickling a searcher saved by the earlier code gives
+    assert old.suggest("t1")["grid_point"]["trial"]["model"]["data_init_scale"] == 1.0
 
 
 def test_asha_max_t_follows_the_default_epochs_of_searched_batch_sizes(tmp_path):

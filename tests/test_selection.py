@@ -292,3 +292,20 @@ def test_pairwise_mean_resamples_seeds_not_pairs():
     assert summary["mean"] == pytest.approx(2 / 3)
     assert summary["ci_low"] == pytest.approx(0.0) and summary["ci_high"] == pytest.approx(1.0)
     assert pairwise_mean(scores) == summary  # seeded
+
+
+def test_seeds_written_before_and_after_new_config_keys_stay_one_unit():
+    """A seed of an old sweep written today (a resume, a retry, a grid point not yet started) records
+    model.data_init_scale 1.0 and training.precision fp32; its siblings' config.yaml, written before
+    those keys existed, lacks them. Reports read both as one configuration, and a real difference
+    (0.1, the new default) as another."""
+    from reports.selection import _unit_config
+
+    old = {"dataset": {"name": "digits", "validation_fraction": 0.1},
+           "model": {"name": "mfcvae", "init": "data"}, "training": {"seed": 0, "lr": 0.001}}
+    today = json.loads(json.dumps(old))
+    today["model"]["data_init_scale"] = 1.0
+    today["training"].update(seed=1, precision="fp32")
+    assert _unit_config(json.dumps(old)) == _unit_config(json.dumps(today))
+    today["model"]["data_init_scale"] = 0.1
+    assert _unit_config(json.dumps(old)) != _unit_config(json.dumps(today))

@@ -13,18 +13,8 @@ from optuna.trial import TrialState
 
 from harness.config import ConfigError, TrialConfig
 from harness.sweep import balanced_chunks, load_sweep, pack_grid, replicate_groups, trials_per_suggestion
-
-TINY_BASE = {
-    "dataset": {"name": "digits"},
-    "model": {"latent_dims": [3], "n_clusters": [10], "hidden_sizes": [32]},
-    "training": {"epochs_per_step": [2], "batch_size": 256, "threads": 1},
-}
-LR_SPACE = {"training.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
-
-
-def write_sweep(path: Path, **fields) -> Path:
-    path.write_text(yaml.safe_dump({"name": "t", "base": TINY_BASE, **fields}, sort_keys=False))
-    return path
+from ray_helpers import journal_study
+from test_search import LR_SPACE, TINY_BASE, write_sweep
 
 
 def grid(tmp_path, **fields):
@@ -235,6 +225,10 @@ def test_a_packed_trial_reports_the_mean_of_its_seeds_and_each_seed(tmp_path):
 
 
 def test_seeds_that_fail_leave_the_mean_and_a_pack_whose_seeds_all_fail_fails():
+    """A seed whose objective is not finite fails on its own (SeedFailed, raised into harness.packed,
+    which records it and drops the seed), with the message an unpacked trial's reporter gives; the epoch's
+    report still goes out once the seeds still training have evaluated it."""
+    from harness.packed import SeedFailed
     from harness.trainer import TrialFailed
     from harness.tune_trial import PackReports
 
@@ -244,18 +238,24 @@ def test_seeds_that_fail_leave_the_mean_and_a_pack_whose_seeds_all_fail_fails():
     for seed, elbo in [(0, -100.0), (1, -110.0)]:
         reports({"epoch": 1, "val/elbo": elbo, "train_loss": 3.0}, Path(f"runs/seed{seed}"))
     assert sent == []  # not before every seed still training has evaluated the epoch
-    reports({"epoch": 1, "val/elbo": float("nan"), "train_loss": 3.0}, Path("runs/seed2"))
+    with pytest.raises(SeedFailed, match=r"^val/elbo not finite at epoch 1$"):
+        reports({"epoch": 1, "val/elbo": float("nan"), "train_loss": 3.0}, Path("runs/seed2"))
+    assert issubclass(SeedFailed, TrialFailed)  # outside a pack (one seed left): the trial's failure
     (first,) = sent
     assert first["val/elbo"] == -105.0 and first["seeds_training"] == 2 and "seed2/val/elbo" not in first
     assert first["seed2/train_loss"] == 3.0 and first["mfcbench_status"] == "running"
-    reports.training = lambda: {0, 2}  # seed 1 went non-finite: it left the pack
-    reports({"epoch": 2, "val/elbo": -90.0}, Path("runs/seed0"))
-    reports({"epoch": 2, "val/elbo": -80.0}, Path("runs/seed2"))
-    assert sent[1]["val/elbo"] == -85.0 and sent[1]["seed1/mfcbench_status"] == "failed"
-    assert sent[1]["seed0/mfcbench_status"] == "running"
-    with pytest.raises(TrialFailed, match="val/elbo not finite at epoch 3 in any seed of the pack"):
-        for seed in (0, 2):
-            reports({"epoch": 3, "val/elbo": float("inf")}, Path(f"runs/seed{seed}"))
+    assert first["seed2/mfcbench_status"] == "failed" and first["seed0/mfcbench_status"] == "running"
+    reports.training = lambda: {0, 1}  # harness.packed dropped seed 2
+    with pytest.raises(SeedFailed, match="val/elbo not finite at epoch 2"):  # the first to evaluate fails
+        reports({"epoch": 2, "val/elbo": float("inf")}, Path("runs/seed0"))
+    assert len(sent) == 1  # seed 1 still to evaluate
+    reports({"epoch": 2, "val/elbo": -80.0}, Path("runs/seed1"))
+    assert sent[1]["val/elbo"] == -80.0 and sent[1]["seeds_training"] == 1
+    assert [sent[1][f"seed{s}/mfcbench_status"] for s in (0, 1, 2)] == ["failed", "running", "failed"]
+    reports.training = lambda: {1}
+    with pytest.raises(SeedFailed, match="val/elbo not finite at epoch 3"):  # the last seed: the pack fails
+        reports({"epoch": 3, "val/elbo": float("inf")}, Path("runs/seed1"))
+    assert len(sent) == 2 and reports.pending == {}  # no report without a finite objective
     final = reports.finish({0: {"status": "completed", "final": {"epoch": 5, "val/elbo": -70.0}},
                             1: {"status": "failed", "error": "non-finite loss in epoch 2"},
                             2: {"status": "completed", "final": {"epoch": 5, "val/elbo": -60.0}}}, None)
@@ -264,6 +264,51 @@ def test_seeds_that_fail_leave_the_mean_and_a_pack_whose_seeds_all_fail_fails():
     failed = reports.finish({s: {"status": "failed", "error": f"boom {s}"} for s in (0, 1, 2)}, None)
     assert failed["mfcbench_status"] == "failed"
     assert failed["error"] == "every seed of the pack failed: seed 0: boom 0; seed 1: boom 1; seed 2: boom 2"
+
+
+def test_a_packed_seed_whose_objective_is_not_finite_ends_as_its_unpacked_trial(tmp_path, monkeypatch,
+                                                                                tune_session):
+    """Seed 1's val/elbo is NaN at epoch 2 (its loss stays finite). Unpacked, its trial fails with
+    "val/elbo not finite at epoch 2" in result.json; packed, so does seed 1's folder, and the seed leaves
+    the pack (not evaluated again) while seeds 0 and 2 complete and are the trial's mean."""
+    import harness.trainer
+    from harness.tune_trial import trainable
+
+    evaluations, original = [], harness.trainer.evaluate
+
+    def evaluate(model, data, batch_size, seed):
+        metrics, assignments = original(model, data, batch_size, seed)
+        evaluations.append(seed)
+        if seed == 1 and evaluations.count(1) == 2:
+            metrics["val/elbo"] = float("nan")
+        return metrics, assignments
+
+    monkeypatch.setattr(harness.trainer, "evaluate", evaluate)
+    trial = tiny_pack([0, 1, 2]).for_seed(1).model_dump(mode="json")
+    trainable({"grid_point": {"variant": "v", "trial": trial}, "overrides": {}, "cpus": 1,
+               "experiment_dir": str(tmp_path / "unpacked")}, required_metrics=["val/elbo"])
+    (alone,) = (tmp_path / "unpacked").glob("trial_*/runs/seed1")
+    unpacked = json.loads((alone / "result.json").read_text())
+    assert unpacked["status"] == "failed" and unpacked["error"] == "val/elbo not finite at epoch 2"
+    assert tune_session[-1]["mfcbench_status"] == "failed" and tune_session[-1]["error"] == unpacked["error"]
+
+    evaluations.clear()
+    sent = run_pack(tiny_pack([0, 1, 2]), tmp_path / "trial_x")
+    runs = tmp_path / "trial_x" / "runs"
+    packed = json.loads((runs / "seed1" / "result.json").read_text())
+    assert packed["status"] == unpacked["status"] and packed["error"] == unpacked["error"]
+    assert packed["packed_with"] == [0, 1, 2]
+    assert [row["epoch"] for row in history(runs / "seed1")] == [row["epoch"] for row in history(alone)] == [1, 2]
+    assert history(runs / "seed1")[-1]["val/elbo"] is None  # its evaluation is written, as unpacked
+    assert evaluations == [0, 1, 2, 0, 1, 2, 0, 2]  # it left the pack after epoch 2
+    assert [r["mfcbench_status"] for r in sent] == ["running", "running", "completed"]
+    assert [r["seeds_training"] for r in sent] == [3, 2, 2]
+    assert [r["seed1/mfcbench_status"] for r in sent] == ["running", "failed", "failed"]
+    for s in (0, 2):
+        result = json.loads((runs / f"seed{s}" / "result.json").read_text())
+        assert result["status"] == "completed" and [row["epoch"] for row in history(runs / f"seed{s}")] == [1, 2, 3]
+    assert sent[-1]["val/elbo"] == pytest.approx(sum(
+        json.loads((runs / f"seed{s}" / "result.json").read_text())["final"]["val/elbo"] for s in (0, 2)) / 2)
 
 
 def test_a_pack_whose_every_seed_diverges_is_a_failed_trial(tmp_path):
@@ -323,14 +368,6 @@ def searcher_for(tmp_path, pack: int, **search):
 
     sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", pack=pack, search={"space": LR_SPACE, **search}))
     return ReplicatedOptunaSearch(sweep, tmp_path)
-
-
-def journal_study(tmp_path):
-    import optuna
-
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal")))
-    return optuna.load_study(study_name="t", storage=storage)
 
 
 def packed_result(status: str = "completed", **seeds) -> dict:

@@ -20,20 +20,6 @@ from test_sweeps import long_trial_base, trial_runs, write_sweep
 
 # -- the trainable, in this process with Tune's session replaced -------------------------------------
 
-@pytest.fixture
-def tune_session(monkeypatch):
-    """tune.report / get_context as a trial sees them; returns the list of reports."""
-    import ray
-    from ray import tune
-
-    reports: list[dict] = []
-    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(metrics))
-    monkeypatch.setattr(tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "abc_00000"))
-    monkeypatch.setattr(ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "node-1"))
-    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])  # a CPU trial; unpatched it would start a Ray
-    return reports
-
-
 def _grid(tmp_path, **fields):
     sweep, trials = load_sweep(write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0, 1]}, **fields))
     return trials

@@ -33,8 +33,8 @@ from .agreement import suggestion_agreement
 from .config import TrialConfig, with_legacy_defaults
 from .layout import with_legacy_run_defaults
 from .layout import JOURNAL_FILE, STOPPED_EARLY_FILE, run_folder
-from .sweep import SweepConfig, is_agreement_metric, max_total_epochs, replicate_groups, resolved_base, search_pack, \
-    with_overrides
+from .sweep import SEED_KEY, SEEDS_KEY, SweepConfig, is_agreement_metric, max_total_epochs, replicate_groups, \
+    resolved_base, search_pack, with_overrides
 from .tune_trial import STATUS, reported_status, seed_key
 
 
@@ -225,13 +225,10 @@ class ReplicatedOptunaSearch(Searcher):
         if slot[2] >= self.replicates:
             self.unassigned.pop(0)
         self.seed_of[trial_id] = [number, replicate] if count == 1 else [number, replicate, count]
-        config = with_overrides(self.base, params)
         seeds = self._seeds(replicate, count)
-        if count == 1:
-            config["training"]["seed"] = seeds[0]
-        else:
-            config["training"].pop("seed", None)
-            config["training"]["seeds"] = seeds
+        # The seed replaces any the base or params hold (with_overrides drops the other seed key).
+        config = with_overrides(with_overrides(self.base, params),
+                                {SEED_KEY: seeds[0]} if count == 1 else {SEEDS_KEY: seeds})
         if not getattr(self, "resolves_defaults", False):
             config = with_legacy_defaults(config)
         # A base pickled before a key existed lacks it: its suggestions keep what its first seeds trained

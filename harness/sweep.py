@@ -377,8 +377,6 @@ def resolved_base(base: dict | str) -> dict:
 
 
 def with_overrides(base: dict, overrides: dict[str, Any]) -> dict:
-    import copy
-
     data = copy.deepcopy(base)
     for key, value in overrides.items():
         set_path(data, key, value)
@@ -518,10 +516,8 @@ def pack_grid(trials: list[dict], pack: int) -> GridPacking:
             chunk_seeds = [trials[i]["trial"]["training"]["seed"] for i in chunk]
             overrides = {(SEEDS_KEY if k == SEED_KEY else k): (chunk_seeds if k == SEED_KEY else v)
                          for k, v in first["overrides"].items()}
-            config = copy.deepcopy(first["trial"])
-            config["training"].pop("seed", None)
-            config["training"]["seeds"] = chunk_seeds
-            config = TrialConfig.model_validate(config).model_dump(mode="json")
+            config = TrialConfig.model_validate(with_overrides(first["trial"], {SEEDS_KEY: chunk_seeds})).model_dump(
+                mode="json")
             placed[chunk[0]] = ({"variant": variant, "overrides": overrides, "trial": config}, chunk)
     order = sorted(placed)
     return GridPacking([placed[i][0] for i in order], [placed[i][1] for i in order], list(notes.values()))
@@ -609,9 +605,7 @@ def _packing_problems(sweep: SweepConfig, trials: list[dict]) -> list[str]:
             seeds = [base["training"]["seed"] + r for r in replicate_groups(sweep.search.replicates,
                                                                              search_pack(sweep))[0]]
             for _, overrides in search_candidates(sweep.search):
-                config = with_overrides(base, overrides)
-                config["training"].pop("seed", None)
-                TrialConfig.model_validate({**config, "training": {**config["training"], "seeds": seeds}})
+                TrialConfig.model_validate(with_overrides(with_overrides(base, overrides), {SEEDS_KEY: seeds}))
     except (ConfigError, ValidationError) as error:
         text = format_errors(error, indent="    ") if isinstance(error, ValidationError) else f"    {error}"
         return [f"  pack: {sweep.pack} makes packed trials that do not validate:\n{text}"]

@@ -15,9 +15,11 @@ import math
 import os
 import platform
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional
@@ -85,13 +87,29 @@ def choose_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+@lru_cache(maxsize=1)
+def source_commit() -> Optional[str]:
+    """The git commit of the mfcbench checkout this code runs from, "+dirty" appended when tracked
+    files differ from it; None where the code is not a git checkout (an installed wheel)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20)
+        if head.returncode != 0:
+            return None
+        changed = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.strip() + ("+dirty" if changed else "")
+
+
 def provenance(device: torch.device) -> dict:
     import sklearn
 
     from harness import __version__
 
     return {
-        "host": socket.gethostname(), "pid": os.getpid(), "device": str(device),
+        "host": socket.gethostname(), "pid": os.getpid(), "device": str(device), "commit": source_commit(),
         "versions": {"mfcbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
                      "numpy": np.__version__, "scikit-learn": sklearn.__version__},
         "torch_threads": torch.get_num_threads(),

@@ -7,6 +7,19 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, m
 
 ModelName = Literal["mfcvae", "vade", "kmeans", "gmm"]
 Architecture = Literal["ladder-mlp", "ladder-conv", "shared-mlp", "shared-conv"]
+# Where the authors' code (FabianFalck/mfcvae 9f1eca4) departs from the paper, each a named choice;
+# `model.authors_code` lists those a run takes (none by default: the paper's tables).
+AuthorsCodeChoice = Literal[
+    "fc-output-layer",     # ladder-mlp: a w_1 x w_1 layer before b_1^dec's output layer (models_fc.py, configs/mnist.yml)
+    "conv-3x3-upsample",   # ladder-conv: b_2^dec's stride-1 transposed convolution is 3x3, not 4x4 (conv_vlae.py l. 282)
+    "weight-norm",         # ladder-conv: weight-normalised encoder convolutions (utils.py l. 163), which the
+                           # data-dependent init leaves at PyTorch's default weights (it rescales `weight`, not g, v)
+    "layer-data-init",     # init data: a linear layer's outputs normalised as a whole, one mean and std per layer
+                           # (boilr's hook reduces over every dimension for linear layers), not per unit
+    "eval-prior-init",     # the GMM prior is fitted on eval-mode latents: batch norm's running statistics after one
+                           # plain forward pass and the init pass (train.py l. 443-467), not batch statistics
+    "torch-default-init",  # init glorot: PyTorch's default layer init (their initialize_fc_layers is a no-op)
+]
 
 
 class ModelConfig(BaseModel):
@@ -31,9 +44,16 @@ class ModelConfig(BaseModel):
     likelihood: Literal["auto", "bernoulli", "gaussian"] = Field(
         default="auto", description="auto: the dataset's suggestion")
     likelihood_std: PositiveFloat = 0.3
-    decoder_merge: Literal["concat", "gated-add"] = Field(
-        default="concat", description="ladder decoders: eq. (79)'s concatenation, or the authors' FC "
-                                      "ladder's gated addition b + 0.1 alpha r")
+    gaussian_mean: Literal["sigmoid", "identity"] = Field(
+        default="sigmoid", description="gaussian likelihood: its mean is sigmoid(decoder output) or the output "
+                                       "itself (Table 5: the sigmoid is for SVHN only)")
+    decoder_merge: Optional[Literal["concat", "gated-add"]] = Field(
+        default=None, description="ladder decoders: eq. (79)'s concatenation, or the gated addition b + 0.1 alpha r. "
+                                  "None: each ladder's table, gated-add for ladder-mlp (Table 4's 500-wide b_1^dec), "
+                                  "concat for ladder-conv (Table 5's 128-channel b_1^dec)")
+    authors_code: list[AuthorsCodeChoice] = Field(
+        default_factory=list, description="where the authors' code departs from the paper, the code's choices to "
+                                          "take (see models/config.py); empty: the paper's Tables 4 and 5")
     activation: Literal["relu", "elu", "leaky_relu"] = "relu"
     init: Literal["glorot", "data"] = "glorot"
     data_init_scale: PositiveFloat = Field(
@@ -71,9 +91,16 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"vade uses a shared architecture (shared-mlp or shared-conv), got {self.architecture!r}")
         if self.name in ("kmeans", "gmm") and self.n_facets != 1:
             raise ValueError(f"{self.name} finds one partition: n_clusters must have 1 entry, got {self.n_clusters}")
+        if self.decoder_merge is None:
+            self.decoder_merge = "gated-add" if self.architecture == "ladder-mlp" else "concat"
         if self.decoder_merge != "concat" and not self.architecture.startswith("ladder"):
             raise ValueError(f"decoder_merge {self.decoder_merge!r} applies to ladder architectures only "
                              f"(ladder-mlp, ladder-conv), got architecture {self.architecture!r}")
+        if self.likelihood == "bernoulli" and self.gaussian_mean != "sigmoid":
+            raise ValueError(f"gaussian_mean {self.gaussian_mean!r} needs likelihood gaussian; the bernoulli likelihood "
+                             "always takes the decoder output as logits")
+        if len(set(self.authors_code)) != len(self.authors_code):
+            raise ValueError(f"authors_code lists a choice twice: {self.authors_code}")
         if self.hidden_sizes is not None and self.architecture.startswith("ladder") \
                 and len(self.hidden_sizes) != self.n_facets:
             raise ValueError(

@@ -7,20 +7,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from .layers import has_normalised_weight
+
 WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 
 
 def glorot_init(module: nn.Module) -> None:
-    """Glorot-normal weights and zero biases for every linear and convolutional layer."""
+    """Glorot-normal weights and zero biases for every linear and convolutional layer. Weight-normalised
+    layers keep PyTorch's default weights: their `weight` is computed from (g, v), as in the authors'
+    code, whose initialisers write to `weight` and so never reach g and v."""
     for layer in module.modules():
         if isinstance(layer, WEIGHTED):
-            nn.init.xavier_normal_(layer.weight)
+            if not has_normalised_weight(layer):
+                nn.init.xavier_normal_(layer.weight)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
 
 
 @torch.no_grad()
-def data_dependent_init(model: nn.Module, run_forward, scale: float = 0.1) -> None:
+def data_dependent_init(model: nn.Module, run_forward, scale: float = 0.1, per_unit: bool = True) -> None:
     """Data-dependent initialisation in the spirit of Kraehenbuehl et al. [61], as the authors' code
     does it (boilr's `data_dependent_init`, init_scale 0.1).
 
@@ -32,16 +37,26 @@ def data_dependent_init(model: nn.Module, run_forward, scale: float = 0.1) -> No
     measured what 1.0 did instead on the conv ladder (shapes-config1, steps 10 + 20, seed 0): the
     prior's 60 components started ~10 of their standard deviations apart, q(c_1 | x) was hard from
     the start, and facet 1 fell to 8 clusters in use (shape 29.3%); with 0.1 it kept 55 (shape 49.5%).
+
+    `per_unit=False` normalises a linear layer's outputs as a whole (one mean and one standard
+    deviation over batch and units), as boilr's hook does for linear layers (it reduces over every
+    dimension but -1, which is all of them); convolutions stay per channel. A weight-normalised layer
+    gets only the new bias, its weight (from g and v) stays as it was: boilr rescales `weight`, which
+    weight norm recomputes from g and v at the next call.
     """
     def normalise(layer, inputs, output):
-        dims = [0] + list(range(2, output.ndim))
+        whole = not per_unit and isinstance(layer, nn.Linear)
+        dims = list(range(output.ndim)) if whole else [0] + list(range(2, output.ndim))
         mean = output.mean(dims)
         std = output.std(dims).clamp_min(1e-6) / scale
         view = [1, -1] + [1] * (output.ndim - 2)
         w_view = [-1] + [1] * (layer.weight.ndim - 1)
         if isinstance(layer, nn.ConvTranspose2d):  # weight is (in, out, kH, kW)
             w_view = [1, -1, 1, 1]
-        layer.weight.div_(std.view(w_view))
+        if whole:
+            view, w_view = [1] * output.ndim, [1] * layer.weight.ndim
+        if not has_normalised_weight(layer):
+            layer.weight.div_(std.view(w_view))
         if layer.bias is not None:
             layer.bias.sub_(mean).div_(std)
         return (output - mean.view(view)) / std.view(view)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+from torch.nn.utils.parametrize import is_parametrized
 
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU}
 
@@ -14,20 +16,52 @@ def dense(n_in: int, n_out: int, act: str) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, n_out), activation(act))
 
 
-def conv_down(c_in: int, c_out: int, act: str, kernel: int = 4, stride: int = 2, padding: int = 1) -> nn.Sequential:
-    """Conv2d, activation, batch norm (the order of Table 5)."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, padding), activation(act), nn.BatchNorm2d(c_out))
+def conv_down(c_in: int, c_out: int, act: str, kernel: int = 4, stride: int = 2, padding: int = 1,
+              normalise_weight: bool = False) -> nn.Sequential:
+    """Conv2d, activation, batch norm (the order of Table 5). `normalise_weight`: the convolution is
+    weight-normalised (w = g v / |v|), as the authors' encoder convolutions are."""
+    conv = nn.Conv2d(c_in, c_out, kernel, stride, padding)
+    return nn.Sequential(weight_norm(conv) if normalise_weight else conv, activation(act), nn.BatchNorm2d(c_out))
 
 
-def conv_up(c_in: int, c_out: int, size_in: int, size_out: int, act: str | None) -> nn.Sequential:
-    """ConvTranspose2d (4x4, stride 2) from size_in to size_out; act None for the output layer."""
-    extra = size_out - 2 * size_in
-    if extra not in (0, 1):
-        raise ValueError(f"cannot upsample {size_in} -> {size_out} with stride 2")
-    layer = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, output_padding=extra)
-    if act is None:
-        return nn.Sequential(layer)
-    return nn.Sequential(layer, activation(act), nn.BatchNorm2d(c_out))
+def conv_down_size(size: int, kernel: int, stride: int, padding: int = 1) -> int:
+    """The output side of `conv_down` on a `size` x `size` map."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class CropTo(nn.Module):
+    """Keep the first `size` rows and columns: a transposed convolution one pixel too large, cropped,
+    is the same convolution with one less pixel of padding on the far side."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, h):
+        return h[..., :self.size, :self.size]
+
+
+def conv_up(c_in: int, c_out: int, size_in: int, size_out: int, act: str | None,
+            kernel: int = 4, stride: int = 2) -> nn.Sequential:
+    """ConvTranspose2d (padding 1) from size_in to size_out, then activation and batch norm unless
+    `act` is None. Sizes the padding-1 layer misses by one are met by output padding (one more) or
+    a crop (one less: Table 5's 4x4 stride-1 layer maps 16 to 17)."""
+    natural = (size_in - 1) * stride - 2 + kernel
+    extra = size_out - natural
+    if extra not in (-1, 0, 1) or (extra == 1 and stride == 1):
+        raise ValueError(f"cannot map {size_in} -> {size_out} with a {kernel}x{kernel} stride-{stride} "
+                         "transposed convolution")
+    layers = [nn.ConvTranspose2d(c_in, c_out, kernel, stride, 1, output_padding=max(extra, 0))]
+    if extra == -1:
+        layers.append(CropTo(size_out))
+    if act is not None:
+        layers += [activation(act), nn.BatchNorm2d(c_out)]
+    return nn.Sequential(*layers)
+
+
+def has_normalised_weight(layer: nn.Module) -> bool:
+    """Whether `layer.weight` is computed from weight norm's (g, v) rather than stored."""
+    return is_parametrized(layer, "weight")
 
 
 class Unflatten(nn.Module):
@@ -45,3 +79,4 @@ def halvings(size: int, times: int) -> list[int]:
     for _ in range(times):
         sizes.append(sizes[-1] // 2)
     return sizes
+

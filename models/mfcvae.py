@@ -20,17 +20,30 @@ from torch.distributions import Independent, Normal
 from . import elbo as elbo_terms
 from .config import ModelConfig
 from .init import batch_statistics, data_dependent_init, fit_gmm, glorot_init
-from .ladder import LadderConvDecoder, LadderConvEncoder, LadderMLPDecoder, LadderMLPEncoder
+from .ladder import (LadderConvDecoder, LadderConvEncoder, LadderMLPDecoder, LadderMLPEncoder,
+                     conv_ladder_facets)
 from .likelihoods import make_likelihood
 from .priors import MixturePrior
 from .shared import SharedConvDecoder, SharedConvEncoder, SharedMLPDecoder, SharedMLPEncoder
 
-NETWORKS = {
-    "ladder-mlp": (LadderMLPEncoder, LadderMLPDecoder, True),
-    "ladder-conv": (LadderConvEncoder, LadderConvDecoder, False),
-    "shared-mlp": (SharedMLPEncoder, SharedMLPDecoder, True),
-    "shared-conv": (SharedConvEncoder, SharedConvDecoder, False),
-}
+
+def networks(config: ModelConfig, input_shape: tuple[int, int, int]) -> tuple[nn.Module, nn.Module]:
+    """The encoder and decoder `config.architecture` names, for images of `input_shape`."""
+    act, dims, choices = config.activation, config.latent_dims, config.authors_code
+    flat = math.prod(input_shape)
+    if config.architecture == "ladder-conv":
+        facets = conv_ladder_facets(input_shape, config.n_facets, config.hidden_sizes,
+                                    upsample_kernel=3 if "conv-3x3-upsample" in choices else 4)
+        return (LadderConvEncoder(input_shape, facets, dims, act, normalise_weight="weight-norm" in choices),
+                LadderConvDecoder(input_shape, facets, dims, act, merge=config.decoder_merge))
+    sizes = config.resolved_hidden_sizes()
+    if config.architecture == "ladder-mlp":
+        return (LadderMLPEncoder(flat, sizes, dims, act),
+                LadderMLPDecoder(input_shape, sizes, dims, act, merge=config.decoder_merge,
+                                 extra_output_layer="fc-output-layer" in choices))
+    if config.architecture == "shared-mlp":
+        return SharedMLPEncoder(flat, sizes, dims, act), SharedMLPDecoder(input_shape, sizes, dims, act)
+    return SharedConvEncoder(input_shape, sizes, dims, act), SharedConvDecoder(input_shape, sizes, dims, act)
 
 
 def full_precision(device_type: str):
@@ -54,20 +67,16 @@ class MFCVAE(nn.Module):
         super().__init__()
         self.config = config
         self.input_shape = tuple(input_shape)
-        encoder_cls, decoder_cls, flat_input = NETWORKS[config.architecture]
-        sizes = config.resolved_hidden_sizes()
-        enc_input = math.prod(self.input_shape) if flat_input else self.input_shape
-        self.encoder = encoder_cls(enc_input, sizes, config.latent_dims, config.activation)
-        merge = {"merge": config.decoder_merge} if config.architecture.startswith("ladder") else {}
-        self.decoder = decoder_cls(self.input_shape, sizes, config.latent_dims, config.activation, **merge)
+        self.encoder, self.decoder = networks(config, self.input_shape)
         self.priors = nn.ModuleList(
             MixturePrior(k, d, config.covariance, config.fix_pi, config.prior_variance_init)
             for k, d in zip(config.n_clusters, config.latent_dims))
-        self.likelihood = make_likelihood(likelihood, config.likelihood_std)
+        self.likelihood = make_likelihood(likelihood, config.likelihood_std, config.gaussian_mean)
         # Fade-in coefficients (appendix D.3). Outside training every facet is fully active.
         self.register_buffer("alphas", torch.ones(config.n_facets))
-        glorot_init(self.encoder)
-        glorot_init(self.decoder)
+        if "torch-default-init" not in config.authors_code:
+            glorot_init(self.encoder)
+            glorot_init(self.decoder)
 
     @property
     def n_facets(self) -> int:
@@ -200,14 +209,23 @@ class MFCVAE(nn.Module):
         uniform and covariances at `prior_variance_init` on the diagonal.
         """
         generator = torch.Generator(device=x_train.device).manual_seed(seed)
+        choices = self.config.authors_code
         if self.config.init == "data":
             batch = x_train[torch.randperm(len(x_train), generator=generator, device=x_train.device)[:512]]
             was_training = self.training
             self.train()
-            data_dependent_init(self, lambda: self.loss_terms(batch, generator=generator), self.config.data_init_scale)
+            if "eval-prior-init" in choices:  # the authors' first_forward, which moves batch norm's running statistics
+                with torch.no_grad():
+                    self.loss_terms(batch, generator=generator)
+            data_dependent_init(self, lambda: self.loss_terms(batch, generator=generator), self.config.data_init_scale,
+                                per_unit="layer-data-init" not in choices)
             self.train(was_training)
-        with batch_statistics(self):  # the encoder as it trains, not eval mode's initial running statistics
+        if "eval-prior-init" in choices:
+            self.eval()
             latents = self.latents(x_train, sample=self.config.prior_init_latents == "sample", generator=generator)
+        else:
+            with batch_statistics(self):  # the encoder as it trains, not eval mode's initial running statistics
+                latents = self.latents(x_train, sample=self.config.prior_init_latents == "sample", generator=generator)
         for j, (prior, z) in enumerate(zip(self.priors, latents)):
             gmm = fit_gmm(z, prior.n_clusters, seed)
             prior.set_means(torch.as_tensor(gmm.means_, dtype=prior.means.dtype, device=prior.means.device))

@@ -118,7 +118,7 @@ def test_gated_add_merge_is_the_authors_b_plus_tenth_alpha_r(architecture, shape
     """decoder_merge gated-add: z~_j = b_j^dec(z~_{j+1} + 0.1 alpha_j r_j^dec(z_j)), composed by hand,
     with the same widths as the concatenation's rungs (b_j's input halves)."""
     model = make_model(3, architecture=architecture, shape=shape, decoder_merge="gated-add").eval()
-    concat = make_model(3, architecture=architecture, shape=shape)
+    concat = make_model(3, architecture=architecture, shape=shape, decoder_merge="concat")
     zs = [torch.randn(5, d, dtype=torch.float64) for d in (3, 4, 5)]
     alphas = torch.tensor([0.3, 0.7, 1.0], dtype=torch.float64)
     d = model.decoder
@@ -129,6 +129,14 @@ def test_gated_add_merge_is_the_authors_b_plus_tenth_alpha_r(architecture, shape
     first_layer = lambda m: next(p for p in m.decoder.backbone[0].parameters() if p.dim() > 1)
     widths = (first_layer(model).shape, first_layer(concat).shape)
     assert widths[0][1 if architecture == "ladder-mlp" else 0] * 2 == widths[1][1 if architecture == "ladder-mlp" else 0]
+
+
+def test_each_ladder_merges_as_its_table_by_default():
+    """Table 4's b_1^dec takes 500 features (an addition of two 500-wide inputs); Table 5's takes
+    64 + 64 = 128 channels (a concatenation)."""
+    assert ModelConfig(architecture="ladder-mlp").decoder_merge == "gated-add"
+    assert ModelConfig(architecture="ladder-conv").decoder_merge == "concat"
+    assert ModelConfig(architecture="shared-mlp").decoder_merge == "concat"
 
 
 def test_gated_add_merge_is_refused_for_shared_architectures():

@@ -298,7 +298,10 @@ def test_packed_losses_and_running_statistics_are_each_models(architecture, cova
 
 def test_batch_norm_running_statistics_per_seed(tmp_path):
     """ladder-conv under vmap: each seed's batch norm normalises by its own batch and keeps its own
-    running statistics, equal to its single run's up to the drift of float rounding in 22 steps."""
+    running statistics, equal to its single run's up to the drift of float rounding in 22 steps. The
+    decoder rungs' per-feature statistics (batch norm over a linear layer's features, Table 5) average
+    16 values each where a channel's average 16 x H x W, so they carry that drift about sqrt(H W) times
+    less averaged: 1e-2 relative for them, 2e-3 for the per-channel ones."""
     data = tiny(model={"architecture": "ladder-conv", "hidden_sizes": [4, 8]},
                 training={"epochs_per_step": [1, 1]}, evaluation={"every_n_epochs": 2})
     recorded = train_both(tmp_path, data, [0, 3])
@@ -312,6 +315,8 @@ def test_batch_norm_running_statistics_per_seed(tmp_path):
         for key in stats:
             if key.endswith("num_batches_tracked"):
                 assert int(packed_model[key]) == int(alone[key]) == 22
+            elif alone[key].numel() > 8:  # per feature: 4 channels x 4 x 4 in the decoder rung of facet 1
+                torch.testing.assert_close(packed_model[key], alone[key], rtol=1e-2, atol=1e-3)
             else:
                 torch.testing.assert_close(packed_model[key], alone[key], rtol=2e-3, atol=2e-4)
 

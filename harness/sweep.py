@@ -362,17 +362,20 @@ def _with_absolute_paths(sweep: SweepConfig) -> SweepConfig:
     })
 
 
+# Keys whose default depends on other keys, which variants, grids and searches may change: an unset
+# training.epochs_per_step on the facets, progressive, the batch size and the data; model.architecture
+# on the facets and the model (one facet or VaDE: shared-mlp); model.decoder_merge on the architecture.
+PER_TRIAL_DEFAULTS = [("training", "epochs_per_step"), ("model", "architecture"), ("model", "decoder_merge")]
+
+
 def resolved_base(base: dict | str) -> dict:
     """The base (a mapping, preset name or trial YAML) with every default filled in, so list paths
-    like model.latent_dims.1 exist. An unset training.epochs_per_step stays unset: its default depends
-    on the number of facets, progressive, the batch size and the data, which variants, grids and
-    searches may change; so does an unset model.architecture's (one facet or VaDE: shared-mlp)."""
+    like model.latent_dims.1 exist, except the PER_TRIAL_DEFAULTS it leaves unset: they stay unset."""
     data = read_yaml(base) if isinstance(base, str) else base
     resolved = TrialConfig.model_validate(data).model_dump(mode="json")
-    if (data.get("training") or {}).get("epochs_per_step") is None:
-        resolved["training"]["epochs_per_step"] = None
-    if (data.get("model") or {}).get("architecture") is None:  # its default depends on the facets and model
-        resolved["model"]["architecture"] = None
+    for section, key in PER_TRIAL_DEFAULTS:
+        if (data.get(section) or {}).get(key) is None:
+            resolved[section][key] = None
     return resolved
 
 

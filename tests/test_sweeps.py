@@ -37,6 +37,9 @@ def write_sweep(path: Path, **fields) -> Path:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SWEEPS.glob("*.yaml")))
 def test_shipped_sweeps_validate(name):
+    npz = re.search(r"npz:(\S+)", (SWEEPS / name).read_text())
+    if npz and not (SWEEPS.parent / npz.group(1)).exists():
+        pytest.skip(f"{name} reads {npz.group(1)}, which reports/published/parity/export_shapes.py writes")
     sweep, trials = load_sweep(SWEEPS / name)
     if sweep.search is None:
         assert trials and all(t["trial"] for t in trials)

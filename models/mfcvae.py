@@ -220,12 +220,13 @@ class MFCVAE(nn.Module):
             data_dependent_init(self, lambda: self.loss_terms(batch, generator=generator), self.config.data_init_scale,
                                 per_unit="layer-data-init" not in choices)
             self.train(was_training)
-        if "eval-prior-init" in choices:
+        if "eval-prior-init" in choices:  # batch norm at its running statistics, as the authors fit it
             self.eval()
+            encoder_mode = nullcontext()
+        else:  # the encoder as it trains, not eval mode's initial running statistics
+            encoder_mode = batch_statistics(self)
+        with encoder_mode:
             latents = self.latents(x_train, sample=self.config.prior_init_latents == "sample", generator=generator)
-        else:
-            with batch_statistics(self):  # the encoder as it trains, not eval mode's initial running statistics
-                latents = self.latents(x_train, sample=self.config.prior_init_latents == "sample", generator=generator)
         for j, (prior, z) in enumerate(zip(self.priors, latents)):
             gmm = fit_gmm(z, prior.n_clusters, seed)
             prior.set_means(torch.as_tensor(gmm.means_, dtype=prior.means.dtype, device=prior.means.device))

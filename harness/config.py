@@ -36,6 +36,10 @@ class DatasetConfig(BaseModel):
     download: bool = Field(default=False, description="let torchvision download mnist/svhn (needs internet)")
     split_seed: NonNegativeInt = Field(default=0, description="seeds the random train/validation/test splits, independent of "
                                                    "the model seed")
+    train_images: Optional[PositiveInt] = Field(
+        default=None, description="keep only this many of the training images, a random draw fixed by split_seed "
+                                  "(the test set stays whole), before the validation split is held out; "
+                                  "None: all of them")
     validation_fraction: float = Field(
         default=DEFAULT_VALIDATION_FRACTION,
         description="share of the training images held out as the validation split, for choosing models without "
@@ -66,12 +70,22 @@ class DatasetConfig(BaseModel):
 # 24 epochs at batch 128.
 DEFAULT_OPTIMISER_STEPS = 10_000
 MIN_EPOCHS_PER_STEP = 10
+# Unset model.pretrain_epochs for VaDE: about this many optimiser steps of autoencoder pretraining, at
+# least MIN_EPOCHS_PER_STEP epochs (docs/configuration.md). MFCVAE's default is no pretraining.
+DEFAULT_PRETRAIN_STEPS = 5_000
 
 
 def default_epochs_per_step(n_train: int, batch_size: int, steps: int) -> int:
     """Epochs per progressive step that add up to about DEFAULT_OPTIMISER_STEPS optimiser steps."""
     per_epoch = batches_per_epoch(max(n_train, 1), batch_size)
     return max(MIN_EPOCHS_PER_STEP, math.ceil(DEFAULT_OPTIMISER_STEPS / steps / per_epoch))
+
+
+def default_pretrain_epochs(model: str, n_train: int, batch_size: int) -> int:
+    """VaDE: epochs of about DEFAULT_PRETRAIN_STEPS optimiser steps (at least MIN_EPOCHS_PER_STEP); else 0."""
+    if model != "vade":
+        return 0
+    return max(MIN_EPOCHS_PER_STEP, math.ceil(DEFAULT_PRETRAIN_STEPS / batches_per_epoch(max(n_train, 1), batch_size)))
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -212,13 +226,16 @@ class TrialConfig(BaseModel):
             shape = dataset_shape(self.dataset.name)
         except DatasetError as error:
             raise ValueError(f"dataset.name: {error}") from None
+        n_train = shape.with_train_images(self.dataset.train_images).with_validation(
+            self.dataset.validation_fraction).n_train
         if training.epochs_per_step is None:  # a default that agrees with the number of facets
             steps = self.model.n_facets if self.trains and training.progressive else 1
             epochs = MIN_EPOCHS_PER_STEP
-            if self.trains and shape.n_train >= 2:
-                n_train = shape.with_validation(self.dataset.validation_fraction).n_train
+            if self.trains and n_train >= 1:
                 epochs = default_epochs_per_step(n_train, training.batch_size, steps)
             training.epochs_per_step = [epochs] * steps
+        if self.model.pretrain_epochs is None:
+            self.model.pretrain_epochs = default_pretrain_epochs(self.model.name, n_train, training.batch_size)
         steps = len(training.epochs_per_step)
         if self.trains and training.progressive and steps != self.model.n_facets:
             raise ValueError(
@@ -254,8 +271,13 @@ def data_limit_problems(config: TrialConfig, shape: DatasetShape) -> list[str]:
         problems.append(f"dataset.name: {name} has {shape.n_train} training and {shape.n_test} test images; "
                         "needs at least 2 and 1")
         return problems
+    kept = config.dataset.train_images
+    if kept is not None and not 2 <= kept <= shape.n_train:
+        problems.append(f"dataset.train_images: {kept} for the {shape.n_train} training images of {name}; "
+                        f"allowed 2..{shape.n_train} (or leave it unset: all of them)")
+        return problems
     fraction = config.dataset.validation_fraction
-    shape = shape.with_validation(fraction)
+    shape = shape.with_train_images(kept).with_validation(fraction)
     n = shape.n_train
     if fraction > 0 and (shape.n_val < 2 or n < 2):
         problems.append(f"dataset.validation_fraction: {fraction} of the {n + shape.n_val} training images of {name} "

@@ -337,7 +337,8 @@ class Trial:
         np.random.seed(tc.seed % 2 ** 32)
         if data is None:
             data = load_dataset(cfg.dataset.name, cfg.dataset.data_root, cfg.dataset.download,
-                                cfg.dataset.split_seed, cfg.dataset.validation_fraction).to(device)
+                                cfg.dataset.split_seed, cfg.dataset.validation_fraction,
+                                cfg.dataset.train_images).to(device)
         model = build_model(cfg.model, data.image_shape, data.likelihood)
         self.log(f"trial {self.run_dir.name}: {cfg.model.name}/{cfg.model.architecture} on {data.name} "
                  f"({data.describe()}), seed {tc.seed}, device {device}")

@@ -65,7 +65,10 @@ class ModelConfig(BaseModel):
     prior_init_latents: Literal["mean", "sample"] = Field(
         default="mean", description="latents the initial GMM is fitted on: posterior means or samples")
     elbo_form: Literal["primary", "alternate"] = "primary"
-    pretrain_epochs: int = Field(default=0, ge=0, description="VaDE: autoencoder pretraining epochs")
+    pretrain_epochs: Optional[int] = Field(
+        default=None, ge=0, description="epochs of autoencoder pretraining before the GMM prior init (appendix D.5's "
+                                        "VaDE). None: vade about 5,000 optimiser steps (at least 10 epochs), mfcvae 0 "
+                                        "(docs/configuration.md gives the measurements)")
     features: Literal["pixels", "pca"] = Field(default="pixels", description="kmeans/gmm inputs")
     pca_components: PositiveInt = 50
 

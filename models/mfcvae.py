@@ -23,6 +23,7 @@ from .init import batch_statistics, data_dependent_init, fit_gmm, glorot_init
 from .ladder import (LadderConvDecoder, LadderConvEncoder, LadderMLPDecoder, LadderMLPEncoder,
                      conv_ladder_facets)
 from .likelihoods import make_likelihood
+from .pretrain import pretrain_autoencoder
 from .priors import MixturePrior
 from .shared import SharedConvDecoder, SharedConvEncoder, SharedMLPDecoder, SharedMLPEncoder
 
@@ -199,14 +200,13 @@ class MFCVAE(nn.Module):
 
     def prepare(self, x_train: torch.Tensor, seed: int, batch_size: int, lr: float,
                 log: Callable[[str], None] = print) -> None:
-        """Appendix D.4: data-dependent init (if configured), then the prior means from a GMM.
+        """Appendix D.4: data-dependent init (if configured), autoencoder pretraining (if
+        `pretrain_epochs`), then the prior from a GMM on latents of q(z_j | x) over the whole training set.
 
-        The GMM is fitted on latents of q(z_j | x) from the untrained encoder over the whole
-        training set: its posterior means by default, as the authors' code does, or samples
+        The latents are posterior means by default, as the authors' code does, or samples
         (`prior_init_latents="sample"`, one reading of the paper's wording). Samples from an
         untrained encoder are dominated by its unit variance: on `digits` (J=1, K=10, 100 epochs)
-        they led to one cluster in use where means reached 0.64 accuracy. Mixing weights start
-        uniform and covariances at `prior_variance_init` on the diagonal.
+        they led to one cluster in use where means reached 0.64 accuracy.
         """
         generator = torch.Generator(device=x_train.device).manual_seed(seed)
         choices = self.config.authors_code
@@ -220,6 +220,8 @@ class MFCVAE(nn.Module):
             data_dependent_init(self, lambda: self.loss_terms(batch, generator=generator), self.config.data_init_scale,
                                 per_unit="layer-data-init" not in choices)
             self.train(was_training)
+        if self.config.pretrain_epochs:
+            pretrain_autoencoder(self, x_train, self.config.pretrain_epochs, batch_size, lr, generator, log)
         if "eval-prior-init" in choices:  # batch norm at its running statistics, as the authors fit it
             self.eval()
             encoder_mode = nullcontext()
@@ -228,8 +230,12 @@ class MFCVAE(nn.Module):
         with encoder_mode:
             latents = self.latents(x_train, sample=self.config.prior_init_latents == "sample", generator=generator)
         for j, (prior, z) in enumerate(zip(self.priors, latents)):
-            gmm = fit_gmm(z, prior.n_clusters, seed)
-            prior.set_means(torch.as_tensor(gmm.means_, dtype=prior.means.dtype, device=prior.means.device))
-            prior.reset_covariances(self.config.prior_variance_init)
+            self.init_prior(prior, fit_gmm(z, prior.n_clusters, seed))
             log(f"prior init facet {j + 1}: GMM with {prior.n_clusters} components on {len(z)} latents")
         self.train()
+
+    def init_prior(self, prior: MixturePrior, gmm) -> None:
+        """Appendix D.4: the means from the GMM; mixing weights uniform and covariances at
+        `prior_variance_init` on the diagonal."""
+        prior.set_means(torch.as_tensor(gmm.means_, dtype=prior.means.dtype, device=prior.means.device))
+        prior.reset_covariances(self.config.prior_variance_init)

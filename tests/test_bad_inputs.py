@@ -98,6 +98,8 @@ TRAIN_CASES = [
          ["dataset.validation_fraction: must be in [0, 1)", "0 for no validation split", "(got -0.1)"]),
     Case("train-split-seed-negative", ["train", *TINY_SETS, "--set", "dataset.split_seed=-1"],
          ["dataset.split_seed: Input should be greater than or equal to 0", "(got -1)"]),
+    Case("train-train-images-too-many", ["train", *TINY_SETS, "--set", "dataset.train_images=5000"],
+         ["dataset.train_images: 5000 for the 1438 training images of digits; allowed 2..1438"]),
     Case("train-validation-fraction-one", ["train", *TINY_SETS, "--set", "dataset.validation_fraction=1.0"],
          ["dataset.validation_fraction: must be in [0, 1)", "(got 1.0)"]),
     Case("train-validation-fraction-too-small", ["train", *TINY_SETS, "--set", "dataset.validation_fraction=0.001"],

@@ -264,3 +264,18 @@ def test_bad_validation_fraction_refused(tmp_path, fraction, message):
     with pytest.raises(DatasetError) as info:
         load_dataset(f"npz:{tmp_path / 'u.npz'}", validation_fraction=fraction)
     assert "dataset.validation_fraction" in str(info.value) and message in str(info.value)
+
+
+def test_train_images_keeps_a_subset_fixed_by_the_split_seed():
+    whole = load_dataset("digits", validation_fraction=0.1)
+    small = load_dataset("digits", validation_fraction=0.1, train_images=300)
+    assert len(small.x_train) + len(small.x_val) == 300 and len(small.x_val) == 30
+    assert torch.equal(small.x_test, whole.x_test)  # the test set stays whole
+    rows = {row.numpy().tobytes() for row in load_dataset("digits").x_train}
+    assert all(row.numpy().tobytes() in rows for row in torch.cat([small.x_train, small.x_val]))
+    again = load_dataset("digits", validation_fraction=0.1, train_images=300)
+    assert torch.equal(small.x_train, again.x_train) and torch.equal(small.y_train["digit"], again.y_train["digit"])
+    other = load_dataset("digits", validation_fraction=0.1, train_images=300, split_seed=1)
+    assert not torch.equal(small.x_train[:50], other.x_train[:50])
+    with pytest.raises(DatasetError, match=r"dataset.train_images: 5000 for digits's 1438 training images; allowed 2..1438"):
+        load_dataset("digits", train_images=5000)

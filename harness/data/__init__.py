@@ -23,11 +23,13 @@ def __getattr__(name: str):  # PEP 562: the torch-backed names load on first use
 
 
 def load_dataset(name: str, data_root: str | Path | None = None, download: bool = False, split_seed: int = 0,
-                 validation_fraction: float = 0.0):
-    """Load a dataset by name, with `validation_fraction` of its training images held out as the
-    validation split (0: none); `split_seed` seeds the random splits (never the model seed)."""
+                 validation_fraction: float = 0.0, train_images: int | None = None):
+    """Load a dataset by name, keeping `train_images` of its training images (None: all), with
+    `validation_fraction` of those held out as the validation split (0: none); `split_seed` seeds
+    the random splits (never the model seed)."""
     check_dataset_name(name)
-    return _load_shipped_splits(name, data_root, download, split_seed).with_validation(validation_fraction, split_seed)
+    return (_load_shipped_splits(name, data_root, download, split_seed)
+            .with_train_images(train_images, split_seed).with_validation(validation_fraction, split_seed))
 
 
 def _load_shipped_splits(name: str, data_root: str | Path | None, download: bool, split_seed: int):

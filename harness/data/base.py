@@ -52,6 +52,19 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
+    def with_train_images(self, n: Optional[int], split_seed: int) -> "Dataset":
+        """This dataset with only `n` of its training images, a random draw that depends on `split_seed`
+        alone (a user's small data set: the test set stays whole); None returns it unchanged."""
+        if n is None:
+            return self
+        if not 2 <= n <= len(self.x_train):
+            raise DatasetError(f"dataset.train_images: {n} for {self.name}'s {len(self.x_train)} training images; "
+                               f"allowed 2..{len(self.x_train)}")
+        kept = torch.from_numpy(np.sort(np.random.default_rng([split_seed, SUBSET_STREAM]).permutation(
+            len(self.x_train))[:n]))
+        return Dataset(self.name, self.x_train[kept], self.x_test, {f: y[kept] for f, y in self.y_train.items()},
+                       self.y_test, self.likelihood, dict(self.factors))
+
     def with_validation(self, fraction: float, split_seed: int) -> "Dataset":
         """This dataset with `fraction` of its training images moved to the validation split, chosen by
         `split_seed` alone (`validation_split`); fraction 0 returns it unchanged."""
@@ -103,6 +116,7 @@ def seeded_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, n
 # Mixed into the validation split's seed, so its draw is independent of `seeded_split`'s (both depend
 # on split_seed only, never on the model seed)
 VALIDATION_STREAM = 0x5A11D
+SUBSET_STREAM = 0x5B5E7  # the same for `with_train_images`' draw
 
 
 def validation_split(n_train: int, fraction: float, split_seed: int,

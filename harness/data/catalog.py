@@ -46,6 +46,10 @@ class DatasetShape:
         c, h, w = self.image_shape
         return c * h * w
 
+    def with_train_images(self, n: Optional[int]) -> "DatasetShape":
+        """The sizes once only `n` of the training images are kept (None: all of them)."""
+        return self if n is None else replace(self, n_train=min(n, self.n_train))
+
     def with_validation(self, fraction: float) -> "DatasetShape":
         """The sizes once `fraction` of the training images is held out for validation."""
         n_val = validation_count(self.n_train, fraction)

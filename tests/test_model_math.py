@@ -7,6 +7,7 @@ from scipy.stats import multivariate_normal
 
 from models import ModelConfig, build_model
 from models.elbo import facet_terms
+from models.init import batch_statistics
 from models.priors import MixturePrior, inverse_softplus
 
 
@@ -217,6 +218,37 @@ def test_prior_init_from_gmm_on_encoder_means():
     np.testing.assert_allclose(model.priors[0].means.detach().numpy(), expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model.priors[0].covariances, 0.05 * torch.eye(2).expand(3, 2, 2))
     torch.testing.assert_close(model.priors[0].weights, torch.full((3,), 1 / 3))
+
+
+def test_vade_pretrains_then_takes_means_and_variances_from_the_gmm_on_the_pretrained_encoder():
+    """Appendix D.5: autoencoder pretraining, then pi, mu and the diagonal variances from a GMM fitted
+    on the pretrained encoder's means (MFCVAE takes only the means)."""
+    from sklearn.mixture import GaussianMixture
+
+    from models.pretrain import pretrain_autoencoder
+
+    torch.manual_seed(0)
+    x = torch.rand(256, 1, 8, 8).round()  # binary images: a reconstruction the autoencoder can learn
+    cfg = ModelConfig(name="vade", latent_dims=[2], n_clusters=[3], hidden_sizes=[32], pretrain_epochs=15, fix_pi=False)
+    torch.manual_seed(1)
+    model = build_model(cfg, (1, 8, 8), "bernoulli")
+    ones = torch.ones_like(model.alphas)
+    reconstruction = lambda: -model.likelihood.log_prob(  # noqa: E731
+        model.decode(model.posterior_means(x), ones), x).mean().item()
+    before = reconstruction()
+    model.prepare(x, seed=0, batch_size=32, lr=1e-2, log=lambda s: None)
+    assert reconstruction() < before - 1.0  # the pretraining learned
+    torch.manual_seed(1)
+    twin = build_model(cfg, (1, 8, 8), "bernoulli")  # the same weights, pretrained alone
+    pretrain_autoencoder(twin, x, 15, 32, 1e-2, torch.Generator().manual_seed(0), lambda s: None)
+    with batch_statistics(twin):
+        means = twin.latents(x, sample=False)[0]
+    gmm = GaussianMixture(3, covariance_type="diag", random_state=0, reg_covar=1e-5).fit(means)
+    prior = model.priors[0]
+    np.testing.assert_allclose(prior.means.detach().numpy(), gmm.means_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(torch.diagonal(prior.covariances, dim1=-2, dim2=-1).detach().numpy(),
+                               gmm.covariances_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(prior.weights.detach().numpy(), gmm.weights_, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("scale", [0.1, 1.0])

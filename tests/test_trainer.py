@@ -7,8 +7,8 @@ import torch
 
 from harness.agreement import read_assignments, suggestion_agreement
 from harness.cli import main
-from harness.config import (DEFAULT_OPTIMISER_STEPS, MIN_EPOCHS_PER_STEP, ConfigError, TrialConfig, batches_per_epoch,
-                            load_trial_config, read_run_config)
+from harness.config import (DEFAULT_OPTIMISER_STEPS, DEFAULT_PRETRAIN_STEPS, MIN_EPOCHS_PER_STEP, ConfigError,
+                            TrialConfig, batches_per_epoch, load_trial_config, read_run_config)
 from harness.trainer import Schedule, TrialFailed, run_trial
 
 QUIET = dict(log=lambda s: None)
@@ -378,6 +378,22 @@ def test_bare_train_config_is_consistent():
         [DEFAULT_OPTIMISER_STEPS]  # one batch per epoch
     assert load_trial_config(None, one_facet + ["model.name=kmeans"]).training.epochs_per_step == \
         [MIN_EPOCHS_PER_STEP]  # baselines do not train by steps
+    subset = one_facet + ["dataset.name=fashion-mnist", "dataset.train_images=5000"]
+    assert load_trial_config(None, subset).training.epochs_per_step == [278]  # 4,500 images: 36 batches
+
+
+def test_vade_pretrains_about_default_pretrain_steps_and_mfcvae_not_at_all():
+    """Appendix D.5: VaDE pretrains its autoencoder before the GMM init; unset, about
+    DEFAULT_PRETRAIN_STEPS optimiser steps of it, at least MIN_EPOCHS_PER_STEP epochs. MFCVAE: none."""
+    vade = ["model.name=vade", "model.latent_dims=[3]", "model.n_clusters=[5]"]
+    for extra, n_train in (([], 1294), (["dataset.name=fashion-mnist"], 54000),
+                           (["dataset.name=fashion-mnist", "dataset.train_images=5000"], 4500)):
+        epochs = load_trial_config(None, vade + extra).model.pretrain_epochs
+        steps = epochs * batches_per_epoch(n_train, 128)
+        assert epochs >= MIN_EPOCHS_PER_STEP and DEFAULT_PRETRAIN_STEPS <= steps < DEFAULT_PRETRAIN_STEPS + steps / epochs
+    assert load_trial_config(None, vade + ["dataset.name=fashion-mnist"]).model.pretrain_epochs == 12
+    assert load_trial_config(None, vade + ["model.pretrain_epochs=0"]).model.pretrain_epochs == 0
+    assert load_trial_config(None, ["model.latent_dims=[3]", "model.n_clusters=[5]"]).model.pretrain_epochs == 0
 
 
 def test_help_answers_without_importing_torch():

@@ -96,6 +96,15 @@ def batch_statistics(model: nn.Module):
         model.train(was_training)
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, end) of consecutive batches over n items; a last batch of one item joins the one
+    before it, since batch norm in train mode needs two."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+
 def fit_gmm(latents: np.ndarray, n_clusters: int, seed: int):
     """A diagonal-covariance GaussianMixture on (N, d) latents, as the authors fit it."""
     from sklearn.mixture import GaussianMixture

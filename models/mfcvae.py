@@ -19,7 +19,7 @@ from torch.distributions import Independent, Normal
 
 from . import elbo as elbo_terms
 from .config import ModelConfig
-from .init import batch_statistics, data_dependent_init, fit_gmm, glorot_init
+from .init import batch_bounds, batch_statistics, data_dependent_init, fit_gmm, glorot_init
 from .ladder import (LadderConvDecoder, LadderConvEncoder, LadderMLPDecoder, LadderMLPEncoder,
                      conv_ladder_facets)
 from .likelihoods import make_likelihood
@@ -188,10 +188,7 @@ class MFCVAE(nn.Module):
                 generator: torch.Generator | None = None) -> list[np.ndarray]:
         """Per facet, (N, d_j) latents of q(z_j | x) over `x`: samples or means."""
         chunks = [[] for _ in self.priors]
-        starts = list(range(0, len(x), batch_size))
-        if len(starts) > 1 and len(x) - starts[-1] == 1:
-            starts.pop()  # a last chunk of one image joins the one before: batch norm in train mode needs two
-        for start, end in zip(starts, starts[1:] + [len(x)]):
+        for start, end in batch_bounds(len(x), batch_size):
             params = self.encode(x[start:end])
             zs = self.reparameterise(params, generator) if sample else [m for m, _ in params]
             for j, z in enumerate(zs):

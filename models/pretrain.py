@@ -3,13 +3,15 @@
 The encoder's posterior means go straight into the decoder, every facet fully active, and both are
 trained on the likelihood's reconstruction loss alone: a plain deterministic autoencoder, end to
 end. DEC's stacked denoising autoencoder (layer-wise, then fine-tuned), which VaDE's paper uses, is
-not implemented; `docs`' configuration guide says what the plain one measured.
+not implemented; docs/configuration.md says what the plain one measured.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+
+from .init import batch_bounds
 
 
 def pretrain_autoencoder(model, x_train: torch.Tensor, epochs: int, batch_size: int, lr: float,
@@ -20,13 +22,11 @@ def pretrain_autoencoder(model, x_train: torch.Tensor, epochs: int, batch_size: 
     ones = torch.ones_like(model.alphas)
     was_training = model.training
     model.train()
-    starts = list(range(0, len(x_train), batch_size))
-    if len(starts) > 1 and len(x_train) - starts[-1] == 1:
-        starts.pop()  # a last batch of one image joins the one before: batch norm needs two
+    bounds = batch_bounds(len(x_train), batch_size)
     for epoch in range(epochs):
         order = torch.randperm(len(x_train), generator=generator, device=x_train.device)
         total = 0.0
-        for start, end in zip(starts, starts[1:] + [len(x_train)]):
+        for start, end in bounds:
             x = x_train[order[start:end]]
             means = [mean for mean, _ in model.encode(x)]
             loss = -model.likelihood.log_prob(model.decode(means, ones), x).mean()

@@ -6,7 +6,7 @@ The paper's MNIST recipe (Table 3: FC ladder, J=2, batch 512, two progressive st
 Fashion-MNIST when its IDX files are in DATA_ROOT/FashionMNIST/raw or installed (the same shape as
 MNIST), else on MNIST-shaped random images. Each evaluation covers the validation and test splits.
 Prints a JSON line per run and the projected time of the full 402-epoch trial and of a 10-seed study
-run one trial after another on this GPU (the time issue 12's packed seeds should cut).
+run one trial after another on this GPU (the time packed seeds should cut).
 Needs CUDA; on a machine without it, it says so and exits 1.
 """
 from __future__ import annotations

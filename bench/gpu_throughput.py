@@ -1,6 +1,6 @@
 """bench/train_throughput.py's table on a CUDA GPU: S = 1..32 seeds packed against the same seeds one after
 another, in fp32, bf16 and fp16, eagerly and as CUDA graphs; the fixed per-trial costs; and the projected
-time of a 10-seed paper-mnist study (issue 12's target: under 10 minutes on one H100-class GPU).
+time of a 10-seed paper-mnist study (the target: under 10 minutes on one H100-class GPU).
 
     python bench/gpu_throughput.py              # about 4-6 minutes on an H100
     python bench/gpu_throughput.py --quick      # a smoke run (S = 1, 2, a few steps)

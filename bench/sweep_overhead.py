@@ -9,7 +9,7 @@ each Ray worker (Ray's worker_process_setup_hook), by a stand-in that does no wo
 Prints driver CPU per trial and per trial-evaluation (the driver process only, during run_sweep),
 wall time per trial beyond the trial's own work, files and bytes per trial under storage (Tune's
 and mfcbench's bookkeeping, and the run folders separately), and the driver's RSS at N/2 and N.
-Targets (issue 9): <= 10 files and <= 100 KB per trial of bookkeeping, < 50 ms driver CPU per
+Targets: <= 10 files and <= 100 KB per trial of bookkeeping, < 50 ms driver CPU per
 trial-evaluation, RSS flat in N.
 """
 from __future__ import annotations

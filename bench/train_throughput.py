@@ -1,5 +1,5 @@
 """Packed seeds against the same seeds one after another, on the CPU, in one run: samples/s, their ratio,
-each configuration's share of this machine's fp32 matmul rate, and the fixed per-trial costs (issue 12).
+each configuration's share of this machine's fp32 matmul rate, and the fixed per-trial costs.
 
     .venv/bin/python bench/train_throughput.py            # the full table: about 10 minutes on 2 quiet cores
     .venv/bin/python bench/train_throughput.py --quick    # a smoke run: seconds, numbers meaningless
@@ -13,7 +13,7 @@ forward pass (2 * in * out per Linear and per sample, convolutions likewise), ti
 and backward. Each seed's single-model loop is timed once; S seeds one after another take the sum
 of the first S seeds' times. Both loops are bare: no evaluation, no schedule, no prior initialisation, no
 checkpoints; Adam on every step; the ELBO, likelihood and prior terms included.
-Models: the demo's digits model (sweeps/demo.yaml, the mfcvae variant: shared MLP 256-256, batch
+Models: the demo's digits model (sweeps/demo.yaml, the mfcvae variant: the default shared MLP 500-2000, batch
 128) and the paper's MNIST FC ladder (preset paper-mnist: Table 4 sizes, batch 512) on
 Fashion-MNIST when installed (the same shape as MNIST), else MNIST-shaped random images.
 

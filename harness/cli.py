@@ -118,6 +118,7 @@ def _cmd_train(args) -> int:
     from tqdm import tqdm
 
     from .config import load_trial_config
+    from .paths import folder_problem
     from .trainer import RUN_FILES, ResumeFailed, TrialFailed, run_trial
 
     if args.resume:
@@ -128,8 +129,8 @@ def _cmd_train(args) -> int:
     else:
         config = load_trial_config(args.config, args.set or [])
         out = Path(args.out) if args.out else _default_run_folder(args.config, config)
-        if out.exists() and not out.is_dir():
-            raise SystemExit(f"mfcbench train: --out {out} is a file, not a folder")
+        if problem := folder_problem(out, "--out"):
+            raise SystemExit(f"mfcbench train: {problem} (nothing was changed)")
         if any((out / name).exists() for name in RUN_FILES):
             raise SystemExit(f"mfcbench train: {out} already holds a run; pass --resume to continue it, or give a "
                              "new --out folder (nothing was changed)")

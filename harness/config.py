@@ -20,6 +20,7 @@ from models.config import ModelConfig
 from .data import DatasetError, DatasetShape, check_dataset_name, dataset_shape
 from .data.catalog import DEFAULT_VALIDATION_FRACTION
 from .layout import with_legacy_run_defaults
+from .paths import file_problem
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -29,7 +30,7 @@ class ConfigError(ValueError):
 
 
 class DatasetConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf and nan are never a setting
 
     name: str = "digits"
     data_root: Optional[str] = Field(default=None, description="folder (or 3dshapes.h5) holding the files")
@@ -64,7 +65,7 @@ class DatasetConfig(BaseModel):
 
 
 # Unset training.epochs_per_step: about DEFAULT_OPTIMISER_STEPS in all, split equally over the
-# progressive steps, and at least MIN_EPOCHS_PER_STEP each. Measured on digits (issue 11, one facet,
+# progressive steps, and at least MIN_EPOCHS_PER_STEP each. Measured on digits (one facet,
 # batch 128, lr 1e-3, fixed pi): test accuracy 0.708 after 1.1k optimiser steps, 0.731-0.760 after
 # 3.3k, 0.791 after 6.6k, 0.803 after 9.9k, against k-means' 0.741 (10 seeds). On Fashion-MNIST the rule gives
 # 24 epochs at batch 128.
@@ -101,7 +102,7 @@ def fp16_on_cpu_message(device: str) -> str:
 
 
 class TrainingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf and nan are never a setting
 
     epochs_per_step: Optional[list[PositiveInt]] = Field(
         default=None, min_length=1,
@@ -115,8 +116,8 @@ class TrainingConfig(BaseModel):
                                         "None: half of the batches of its step")
     batch_size: PositiveInt = 128
     lr: PositiveFloat = 1e-3
-    seed: int = 0
-    seeds: Optional[list[int]] = Field(
+    seed: NonNegativeInt = 0
+    seeds: Optional[list[NonNegativeInt]] = Field(
         default=None,
         description="several seeds trained packed in one process as one stacked model (mfcvae, vade), one "
                     "ordinary run folder per seed (OUT/seed<s>); exclusive with training.seed")
@@ -177,7 +178,7 @@ class TrainingConfig(BaseModel):
 
 
 class EvaluationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf and nan are never a setting
 
     every_n_epochs: PositiveInt = 1
     batch_size: PositiveInt = 2048
@@ -186,7 +187,7 @@ class EvaluationConfig(BaseModel):
 class TrialConfig(BaseModel):
     """One trial: one model, one dataset, one seed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf and nan are never a setting
 
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -414,6 +415,8 @@ def read_yaml(source: str | Path) -> dict:
     if not path.exists():
         presets = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
         raise ConfigError(f"config {str(source)!r}: no such file or preset (presets: {presets})")
+    if problem := file_problem(path, "config"):
+        raise ConfigError(problem)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
@@ -430,7 +433,7 @@ def load_trial_config(source: str | Path | None = None, overrides: list[str] = (
 
 
 
-LEGACY_EPOCHS_PER_STEP = 10  # an unset training.epochs_per_step before it depended on the data (issue 11)
+LEGACY_EPOCHS_PER_STEP = 10  # what an unset training.epochs_per_step meant in configs written before it depended on the data
 
 
 def with_legacy_defaults(data: dict) -> dict:

@@ -33,7 +33,7 @@ ASSIGNMENTS_FILE = "assignments.npz"
 # What a written config (a run's config.yaml, a recorded sweep trial, a pickled searcher's base) means
 # by a key it lacks, where that differs from today's default or the key is newer than the config:
 # runs written before dataset.validation_fraction trained on the whole training set, before
-# model.data_init_scale (issue 11's fix) at unit scale, before training.precision in fp32.
+# model.data_init_scale at unit scale, before training.precision in fp32.
 # harness.config fills them in when it reads such a config; reports fill them in before comparing
 # configs, so old and new seeds of one configuration stay one unit.
 LEGACY_RUN_DEFAULTS = {("dataset", "validation_fraction"): 0.0, ("model", "data_init_scale"): 1.0,

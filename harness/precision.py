@@ -27,8 +27,7 @@ bf16 on a CPU runs, but only CPUs with bf16 instructions (avx512_bf16 or AMX on 
 gain from it. Measured (torch 2.14, 1 thread, bare training steps: fwd+bwd+Adam; best of 3): on an
 AMD EPYC (Zen 4) with avx512_bf16, bf16 took 1.00x fp32's time on the demo's digits model (shared
 MLP 256-256, batch 128) and 0.50x on the paper's MNIST FC ladder (batch 512); the same CPU restricted
-to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2) took 4.4x and 10.8x fp32's time (issue 12's
-author: ~10x on an AVX2 CPU). So bf16 on a CPU without bf16 instructions warns (BF16_CPU_SLOWDOWN).
+to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2) took 4.4x and 10.8x fp32's time. So bf16 on a CPU without bf16 instructions warns (BF16_CPU_SLOWDOWN).
 """
 from __future__ import annotations
 

@@ -232,7 +232,7 @@ class ReplicatedOptunaSearch(Searcher):
         if not getattr(self, "resolves_defaults", False):
             config = with_legacy_defaults(config)
         # A base pickled before a key existed lacks it: its suggestions keep what its first seeds trained
-        # with (model.data_init_scale 1.0 before issue 11's fix), so a study never mixes the two.
+        # with (model.data_init_scale 1.0 in bases written before the key existed), so a study never mixes the two.
         with_legacy_run_defaults(config)
         config = TrialConfig.model_validate(config).model_dump(mode="json")
         return {"grid_point": {"variant": "search", "trial": config}, "overrides": dict(params)}

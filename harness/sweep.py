@@ -68,7 +68,7 @@ BASELINE_METRIC_PATTERN = re.compile(r"^(val/)?((acc|nmi|ari)/facet\d+/\w+|clust
 
 
 class SearchParameter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf and nan are never a setting
 
     type: Literal["int", "float", "categorical"]
     low: Optional[float] = None
@@ -123,7 +123,7 @@ class SearchParameter(BaseModel):
 
 
 class SamplerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf and nan are never a setting
 
     type: Literal["tpe", "random"] = "tpe"
     seed: int = 0
@@ -133,7 +133,7 @@ class SamplerConfig(BaseModel):
 
 
 class SearchConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf and nan are never a setting
 
     space: dict[str, SearchParameter] = Field(min_length=1)
     metrics: list[str] = Field(default_factory=lambda: ["val/elbo"], min_length=1)
@@ -158,7 +158,7 @@ class SearchConfig(BaseModel):
 
 
 class SchedulerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf and nan are never a setting
 
     type: Literal["asha"] = "asha"
     metric: str = "val/elbo"
@@ -174,14 +174,14 @@ class SchedulerConfig(BaseModel):
 
 
 class ResourcesConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf and nan are never a setting
 
     cpu: PositiveFloat = 1.0
     gpu: float = Field(default=0.0, ge=0.0, description="a fraction shares one GPU between trials")
 
 
 class SweepConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf and nan are never a setting
 
     name: str
     description: str = ""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .layout import LOCK_FILE
+from .paths import folder_problem
 from .sweep import REMOTE_STORAGE, SweepConfig, describe, experiment_name_problem, load_sweep
 
 
@@ -81,7 +82,7 @@ def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None
                         "use a local folder or a shared filesystem every node mounts (e.g. NFS)")
         raise SweepError("\n".join(problems))
     storage_dir = Path(os.path.abspath(Path(storage_text).expanduser()))
-    storage_problem = _storage_problem(storage_dir)
+    storage_problem = folder_problem(storage_dir, "storage")
     if storage_problem:
         problems.append(storage_problem)
     if name_problem or storage_problem:
@@ -112,24 +113,6 @@ def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None
     if problems:
         raise SweepError("\n".join(problems))
     return experiment_dir
-
-
-def _storage_problem(storage_dir: Path) -> str | None:
-    """Why a sweep cannot write into storage_dir (creating it if needed), or None."""
-    if storage_dir.exists():
-        if not storage_dir.is_dir():
-            return f"storage {storage_dir} is a file, not a folder"
-        if not os.access(storage_dir, os.W_OK | os.X_OK):
-            return f"storage {storage_dir}: no permission to write there"
-        return None
-    ancestor = storage_dir.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        return f"storage {storage_dir} cannot be created: {ancestor} is a file, not a folder"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"storage {storage_dir} cannot be created: no permission to write in {ancestor}"
-    return None
 
 
 def untrusted_state(experiment_dir: Path) -> list[str]:

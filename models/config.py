@@ -25,13 +25,13 @@ AuthorsCodeChoice = Literal[
 class ModelConfig(BaseModel):
     """One model. Lists indexed by facet run 1..J as in the paper (facet J is the deepest)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf and nan are never a setting
 
     name: ModelName = "mfcvae"
     architecture: Optional[Architecture] = Field(
         default=None, description="None: ladder-mlp for two or more facets; shared-mlp for one facet and for "
-                                  "VaDE (a one-facet ladder is a one-layer encoder: issue 11 measured 0.42-0.47 "
-                                  "on Fashion-MNIST against 0.50-0.58 for shared-mlp)")
+                                  "VaDE (a one-facet ladder is a one-layer encoder, which clustered "
+                                  "Fashion-MNIST worse; docs/configuration.md)")
     latent_dims: list[PositiveInt] = Field(default_factory=lambda: [5, 5], min_length=1)
     n_clusters: list[PositiveInt] = Field(default_factory=lambda: [25, 25], min_length=1)
     hidden_sizes: Optional[list[PositiveInt]] = Field(
@@ -39,8 +39,8 @@ class ModelConfig(BaseModel):
         description="ladder: one width (mlp) or channel count (conv) per facet; shared: the backbone's "
                     "layer widths/channels. None: the paper's sizes (Tables 4-6).")
     covariance: Literal["diagonal", "full"] = "diagonal"
-    fix_pi: bool = Field(default=True, description="keep pi uniform (Table 3 fixes it for 3DShapes and SVHN); "
-                                                    "issue 11 measured it never worse and often better")
+    fix_pi: bool = Field(default=True, description="keep pi uniform (Table 3 fixes it for 3DShapes and SVHN; "
+                                                    "docs/configuration.md gives the measurements)")
     likelihood: Literal["auto", "bernoulli", "gaussian"] = Field(
         default="auto", description="auto: the dataset's suggestion")
     likelihood_std: PositiveFloat = 0.3
@@ -59,8 +59,8 @@ class ModelConfig(BaseModel):
     data_init_scale: PositiveFloat = Field(
         default=0.1, description="init: data - the standard deviation every layer's output gets on the init batch. "
                                  "0.1 is the authors' (boilr's init_scale); it keeps the untrained posterior means "
-                                 "far less spread than prior_variance_init, as appendix D.4 asks. Runs before "
-                                 "issue 11's fix used 1.0, which left the conv ladder's shallow facet collapsed")
+                                 "far less spread than prior_variance_init, as appendix D.4 asks; at 1.0 the conv "
+                                 "ladder's shallow facet collapsed")
     prior_variance_init: PositiveFloat = 0.01
     prior_init_latents: Literal["mean", "sample"] = Field(
         default="mean", description="latents the initial GMM is fitted on: posterior means or samples")

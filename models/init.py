@@ -33,8 +33,8 @@ def data_dependent_init(model: nn.Module, run_forward, scale: float = 0.1, per_u
     it runs, is rescaled so that its outputs have zero mean and standard deviation `scale` per
     unit/channel; later layers see the already-rescaled outputs, so all layers start at a similar
     scale. With 0.1 the untrained encoder's posterior means spread little, so the prior variance
-    init (0.01) is much larger than the fitted MoG's variances, as appendix D.4 asks. Issue 11
-    measured what 1.0 did instead on the conv ladder (shapes-config1, steps 10 + 20, seed 0): the
+    init (0.01) is much larger than the fitted MoG's variances, as appendix D.4 asks. Measured,
+    what 1.0 did instead on the conv ladder (shapes-config1, steps 10 + 20, seed 0): the
     prior's 60 components started ~10 of their standard deviations apart, q(c_1 | x) was hard from
     the start, and facet 1 fell to 8 clusters in use (shape 29.3%); with 0.1 it kept 55 (shape 49.5%).
 

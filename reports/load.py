@@ -87,6 +87,17 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def flat_config(config: dict, prefix: str = "") -> dict:
+    """{"model.init": "data", ...}: a run's config as dotted keys (lists as JSON), one column each in runs.csv."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, tuple)) else value
+    return flat
+
+
 def load_runs(paths: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs, evaluations): one row per run, and one row per run x evaluation."""
     roots = [Path(p).expanduser().resolve() for p in paths]
@@ -107,9 +118,9 @@ def load_runs(paths: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         final = result.get("final") or (history[-1] if history else {})
         runs.append({**identity, "status": status, "error": result.get("error"), "run_dir": str(run_dir),
                      "wall_time_s": result.get("wall_time_s"), "samples_per_s": result.get("samples_per_s"),
-                     "host": result.get("host"), "device": result.get("device"), "commit": result.get("commit"),
+                     "machine": result.get("host"), "device": result.get("device"), "commit": result.get("commit"),
                      "likelihood": result.get("likelihood") or config["model"]["likelihood"],
-                     "config": json.dumps(config, sort_keys=True),
+                     "config": json.dumps(config, sort_keys=True), **flat_config(config),
                      **{k: v for k, v in final.items() if _is_metric(k, v)}})
         for row in history:
             evaluations.append({**identity, "run_dir": str(run_dir), "status": status,

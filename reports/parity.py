@@ -16,16 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from .load import facet_factor, load_runs, metric_columns
-from .stats import probability_of_improvement
+from .load import facet_factor, flat_config, load_runs, metric_columns
+from .stats import MIN_BOOTSTRAP_N, probability_of_improvement, t_interval
 
 COLUMNS = ["code", "variant", "architecture", "dataset", "budget", "seed", "facet", "factor", "acc",
            "commit", "machine", "wall_s"]
 KEYS = ["dataset", "architecture", "budget", "facet", "factor"]
 PARITY_POINTS = 3.0
-MIN_SEEDS = 3  # fewer seeds on either side: no verdict (P(A > B)'s interval is degenerate)
+MIN_SEEDS = MIN_BOOTSTRAP_N  # fewer seeds on either side: no verdict (P(A > B) gets no interval)
 
 
 def dataset_label(name: str) -> str:
@@ -42,7 +41,8 @@ def budget_of(config: dict) -> str:
 
 
 def mfcbench_rows(experiments: list[str | Path]) -> pd.DataFrame:
-    """One row per (finished run, facet, factor) of mfcbench's experiments, in `COLUMNS`."""
+    """One row per (finished run, facet, factor) of mfcbench's experiments: `COLUMNS`, then the run's
+    `status` and its config as dotted columns (`model.init`, ...), as in a report's runs.csv."""
     runs, _ = load_runs(experiments)
     if runs.empty:
         raise ValueError(f"no runs in {', '.join(map(str, experiments))}")
@@ -56,10 +56,12 @@ def mfcbench_rows(experiments: list[str | Path]) -> pd.DataFrame:
             rows.append({"code": "mfcbench", "variant": run["variant"], "architecture": run["architecture"],
                          "dataset": dataset_label(run["dataset"]), "budget": budget_of(config), "seed": run["seed"],
                          "facet": int(facet), "factor": factor, "acc": float(run[column]),
-                         "commit": run.get("commit"), "machine": run.get("host"), "wall_s": run.get("wall_time_s")})
+                         "commit": run.get("commit"), "machine": run.get("machine"), "wall_s": run.get("wall_time_s"),
+                         "status": run["status"], **flat_config(config)})
     if not rows:
         raise ValueError(f"no completed runs in {', '.join(map(str, experiments))}")
-    return pd.DataFrame(rows, columns=COLUMNS)
+    frame = pd.DataFrame(rows)
+    return frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]]
 
 
 def read_peer_rows(path: str | Path) -> pd.DataFrame:
@@ -67,16 +69,8 @@ def read_peer_rows(path: str | Path) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: peer rows need the columns {', '.join(COLUMNS)}; missing {', '.join(missing)}")
-    return frame[COLUMNS]
-
-
-def mean_interval(values) -> tuple[float, float]:
-    """95% t-interval of the mean (a percentile bootstrap of 2-4 values is only their range)."""
-    x = np.asarray(values, dtype=float)
-    if len(x) < 2:
-        return np.nan, np.nan
-    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return x.mean() - half, x.mean() + half
+    # a peer's CSV lists the runs it finished
+    return frame[COLUMNS].assign(status=frame["status"] if "status" in frame.columns else "completed")
 
 
 def side_by_side(rows: pd.DataFrame, peer: str = "authors") -> pd.DataFrame:
@@ -92,7 +86,7 @@ def side_by_side(rows: pd.DataFrame, peer: str = "authors") -> pd.DataFrame:
         for variant, group in matching.loc[[key]].groupby("variant"):
             a = 100 * group["acc"].to_numpy(dtype=float)
             p = probability_of_improvement(a, b)
-            (a_low, a_high), (b_low, b_high) = mean_interval(a), mean_interval(b)
+            (a_low, a_high), (b_low, b_high) = t_interval(a), t_interval(b)
             diff = a.mean() - b.mean()
             out.append({**dict(zip(KEYS, key)), "variant": variant,
                         "n_ours": len(a), "ours_mean": a.mean(), "ours_std": a.std(ddof=1) if len(a) > 1 else np.nan,

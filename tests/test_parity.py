@@ -257,10 +257,10 @@ def test_parity_needs_p_of_improvement_near_half_and_means_within_3_points():
 
 
 def test_small_samples_get_a_t_interval_not_their_range():
-    from reports.parity import mean_interval
-    low, high = mean_interval([0.60, 0.62])
+    from reports.stats import t_interval
+    low, high = t_interval([0.60, 0.62])
     assert low < 0.60 - 0.05 and high > 0.62 + 0.05  # t(1) = 12.7: far wider than [min, max]
-    assert all(map(math.isnan, mean_interval([0.6])))
+    assert all(map(math.isnan, t_interval([0.6])))
 
 
 def test_a_peer_csv_without_the_columns_is_refused_before_anything_is_written(tmp_path):

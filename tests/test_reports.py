@@ -63,12 +63,10 @@ def test_aggregation_matches_hand_computation(fixture_results):
     assert row["acc_std"] == pytest.approx(np.std([0.5, 0.6, 0.7, 0.8], ddof=1))  # 0.1291, ddof=1
     assert row["acc_iqm"] == pytest.approx(0.65)  # mean of the middle two
     assert (row["acc_min"], row["acc_max"]) == (0.5, 0.8)
-    # the CI against an independent percentile bootstrap of the mean
-    rng = np.random.default_rng(123)
-    x = np.array([0.5, 0.6, 0.7, 0.8])
-    boot = rng.choice(x, (20000, 4)).mean(1)
-    assert row["acc_ci_low"] == pytest.approx(np.percentile(boot, 2.5), abs=0.015)
-    assert row["acc_ci_high"] == pytest.approx(np.percentile(boot, 97.5), abs=0.015)
+    # 4 runs: Student's t-interval, by hand (t(3, 0.975) = 3.182), not a bootstrap's near-[min, max]
+    half = 3.1824463 * np.std([0.5, 0.6, 0.7, 0.8], ddof=1) / 2
+    assert row["acc_ci_method"] == "t"
+    assert (row["acc_ci_low"], row["acc_ci_high"]) == pytest.approx((0.65 - half, 0.65 + half))
     b = table[(table["variant"] == "B") & (table["facet"] == "max")].iloc[0]
     assert b["n"] == 2 and b["n_failed"] == 1 and b["acc_mean"] == pytest.approx(0.425)
     # runs without validation metrics: only the authors' protocol (max over facets on test labels)
@@ -78,13 +76,24 @@ def test_aggregation_matches_hand_computation(fixture_results):
     assert failed["error"].tolist() == ["non-finite loss in epoch 3"]
 
 
+def test_five_runs_get_a_percentile_bootstrap_ci():
+    x = np.array([0.5, 0.6, 0.7, 0.8, 0.9])
+    d = describe(x)
+    boot = np.random.default_rng(123).choice(x, (20000, 5)).mean(1)  # an independent bootstrap of the mean
+    assert d["ci_method"] == "bootstrap"
+    assert d["ci_low"] == pytest.approx(np.percentile(boot, 2.5), abs=0.015)
+    assert d["ci_high"] == pytest.approx(np.percentile(boot, 97.5), abs=0.015)
+
+
 def test_small_sample_statistics():
     d = describe([0.7])
     assert d["n"] == 1 and d["mean"] == 0.7 and np.isnan(d["std"]) and np.isnan(d["ci_low"])
     assert describe([0.5, 0.5])["ci_low"] == 0.5
     assert probability_of_improvement([1, 2], [0, 3])["p"] == 0.5
     assert probability_of_improvement([1, 1], [1, 1])["p"] == 0.5  # ties count half
-    assert probability_of_improvement([5, 6], [1, 2])["ci_low"] == 1.0
+    few = probability_of_improvement([6, 7, 8, 9], [1, 2, 3, 4, 5])
+    assert few["p"] == 1.0 and np.isnan(few["ci_low"]) and np.isnan(few["ci_high"])  # n too small for a CI
+    assert probability_of_improvement([6, 7, 8, 9, 10], [1, 2, 3, 4, 5])["ci_low"] == 1.0
     curve = expected_best_of_n([0.0, 1.0], n_max=3)
     np.testing.assert_allclose(curve["mean"], [0.5, 0.75, 0.875])  # 1 - 0.5^n
 

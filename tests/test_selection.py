@@ -54,7 +54,7 @@ def test_seeds_agree_with_themselves_and_not_with_noise(tmp_path):
     for seed in (0, 1):  # the same partitions, numbered differently
         write_run(tmp_path, f"same{seed}", "same", seed, {},
                   facets("test", relabel(one, rng), relabel(two, rng)) | facets("val", one[:100], two[:100]))
-    for seed in (0, 1, 2):
+    for seed in range(5):
         write_run(tmp_path, f"noise{seed}", "noise", seed, {},
                   facets("test", rng.integers(0, 10, N_POINTS), rng.integers(0, 5, N_POINTS)))
     write_run(tmp_path, "alone0", "alone", 0, {}, facets("test", one, two))  # one seed: nothing to compare
@@ -65,7 +65,7 @@ def test_seeds_agree_with_themselves_and_not_with_noise(tmp_path):
         assert (same["seeds"], same["pairs"]) == (2, 1)
         assert same["ari_mean"] == pytest.approx(1.0) and same["nmi_mean"] == pytest.approx(1.0)
         noise = agreement.loc[("noise", facet)]
-        assert (noise["seeds"], noise["pairs"]) == (3, 3)
+        assert (noise["seeds"], noise["pairs"]) == (5, 10)
         assert abs(noise["ari_mean"]) < 0.05 and noise["ari_ci_low"] <= noise["ari_mean"] <= noise["ari_ci_high"]
     # the same identical runs give the searcher's validation agreement of 1
     units = selection_criteria(load_runs([tmp_path])[0]).set_index("variant")
@@ -125,9 +125,9 @@ def test_headline_rows_choose_the_facet_on_validation_labels(tmp_path):
 
 
 def write_units(root, slope):
-    """Four units (training.lr) of two seeds whose val ELBO rises with their accuracy and whose
+    """Five units (training.lr) of two seeds whose val ELBO rises with their accuracy and whose
     silhouette falls with it; `slope` > 0 makes test accuracy rise with validation accuracy."""
-    for k in range(4):
+    for k in range(5):
         for seed in (0, 1):
             final = {"val/elbo": -100.0 + 10 * k + seed, "val/silhouette/facet1": 0.5 - 0.1 * k,
                      "val/silhouette/facet2": None,  # fewer than two clusters used
@@ -142,21 +142,21 @@ def write_units(root, slope):
 def test_criteria_quality_monotone_and_reversed(tmp_path):
     write_units(tmp_path, slope=0.1)
     units = selection_criteria(load_runs([tmp_path])[0])
-    assert len(units) == 4 and (units["seeds"] == 2).all()
-    assert units["unit"].tolist() == [f"grid: training.lr={0.001 * (k + 1)}" for k in range(4)]
-    assert units["val accuracy"].tolist() == pytest.approx([0.505, 0.605, 0.705, 0.805])
-    assert units["test accuracy"].tolist() == pytest.approx([0.45, 0.55, 0.65, 0.75])  # facet 1's, not 0.95
-    assert units["val ELBO"].tolist() == pytest.approx([-99.5, -89.5, -79.5, -69.5])
-    assert units["silhouette"].tolist() == pytest.approx([0.5, 0.4, 0.3, 0.2])
+    assert len(units) == 5 and (units["seeds"] == 2).all()
+    assert units["unit"].tolist() == [f"grid: training.lr={0.001 * (k + 1)}" for k in range(5)]
+    assert units["val accuracy"].tolist() == pytest.approx([0.505, 0.605, 0.705, 0.805, 0.905])
+    assert units["test accuracy"].tolist() == pytest.approx([0.45, 0.55, 0.65, 0.75, 0.85])  # facet 1's, not 0.95
+    assert units["val ELBO"].tolist() == pytest.approx([-99.5, -89.5, -79.5, -69.5, -59.5])
+    assert units["silhouette"].tolist() == pytest.approx([0.5, 0.4, 0.3, 0.2, 0.1])
     quality = criterion_quality(units).set_index("criterion")
     for criterion in ("val ELBO", "val accuracy"):
         row = quality.loc[criterion]
         assert row["rho_val_acc"] == pytest.approx(1.0) and row["rho_test_acc"] == pytest.approx(1.0)
         assert row["rho_test_acc_ci_low"] == pytest.approx(1.0)  # every resample keeps the order
-        assert row["regret_test_acc"] == pytest.approx(0.0) and (row["units"], row["of"]) == (4, 4)
+        assert row["regret_test_acc"] == pytest.approx(0.0) and (row["units"], row["of"]) == (5, 5)
     silhouette = quality.loc["silhouette"]
     assert silhouette["rho_val_acc"] == pytest.approx(-1.0) and silhouette["rho_test_acc"] == pytest.approx(-1.0)
-    assert silhouette["regret_test_acc"] == pytest.approx(0.75 - 0.45)  # it picks the worst unit
+    assert silhouette["regret_test_acc"] == pytest.approx(0.85 - 0.45)  # it picks the worst unit
     assert silhouette["ranked_first"] == "grid: training.lr=0.001"
     assert quality.loc["seed agreement", "units"] == 0  # no assignments: left out, and said so
     assert quality.loc["val accuracy", "labels used"] == "validation" and quality.loc["val ELBO", "labels used"] == "none"
@@ -167,7 +167,7 @@ def test_criteria_quality_when_validation_misleads(tmp_path):
     quality = criterion_quality(selection_criteria(load_runs([tmp_path])[0])).set_index("criterion")
     row = quality.loc["val ELBO"]
     assert row["rho_val_acc"] == pytest.approx(1.0) and row["rho_test_acc"] == pytest.approx(-1.0)
-    assert row["regret_test_acc"] == pytest.approx(0.45 - 0.15)  # best 0.45 (lr 0.001); picked 0.15 (lr 0.004)
+    assert row["regret_test_acc"] == pytest.approx(0.45 - 0.05)  # best 0.45 (lr 0.001); picked 0.05 (lr 0.005)
     assert quality.loc["silhouette", "regret_test_acc"] == pytest.approx(0.0)
 
 
@@ -286,12 +286,16 @@ def test_regret_is_against_the_best_unit_even_one_the_criterion_cannot_rank():
 def test_pairwise_mean_resamples_seeds_not_pairs():
     from reports.stats import pairwise_mean
 
-    # seed 0 agrees perfectly with both others, seeds 1 and 2 not at all with each other
-    scores = np.array([[np.nan, 1.0, 1.0], [1.0, np.nan, 0.0], [1.0, 0.0, np.nan]])
+    # seed 0 agrees perfectly with the four others, which do not agree at all with each other
+    scores = np.zeros((5, 5))
+    scores[0, :] = scores[:, 0] = 1.0
     summary = pairwise_mean(scores)
-    assert summary["mean"] == pytest.approx(2 / 3)
-    assert summary["ci_low"] == pytest.approx(0.0) and summary["ci_high"] == pytest.approx(1.0)
+    assert summary["mean"] == pytest.approx(4 / 10)
+    # a third of the resamples miss seed 0 (0.8^5): their mean is 0, which resampling pairs would never give
+    assert summary["ci_low"] == pytest.approx(0.0) and summary["ci_high"] > 0.6
     assert pairwise_mean(scores) == summary  # seeded
+    few = pairwise_mean(scores[:3, :3])
+    assert few["mean"] == pytest.approx(2 / 3) and np.isnan(few["ci_low"]) and np.isnan(few["ci_high"])
 
 
 def test_seeds_written_before_and_after_new_config_keys_stay_one_unit():

@@ -119,7 +119,8 @@ def _cmd_train(args) -> int:
 
     from .config import load_trial_config
     from .paths import folder_problem
-    from .trainer import RUN_FILES, ResumeFailed, TrialFailed, run_trial
+    from .layout import RUN_FILES
+    from .trainer import ResumeFailed, TrialFailed, run_trial
 
     if args.resume:
         _refuse_packed_resume(args)

@@ -29,6 +29,8 @@ GRID_TRIALS_FILE = "mfcbench-grid-trials.json"
 TRIAL_META = "mfcbench-trial.json"
 STOPPED_EARLY_FILE = "mfcbench-stopped-early.json"
 ASSIGNMENTS_FILE = "assignments.npz"
+# What a run folder holds: a folder with any of these is a run folder
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json", ASSIGNMENTS_FILE)
 
 # What a written config (a run's config.yaml, a recorded sweep trial, a pickled searcher's base) means
 # by a key it lacks, where that differs from today's default or the key is newer than the config:

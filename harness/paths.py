@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# A folder holding one of these is a run folder: nothing else is written inside it
-RUN_MARKERS = ("config.yaml", "result.json", "metrics.jsonl", "checkpoint.pt")
+from .layout import RUN_FILES
 
 
 def _kind(path: Path) -> str:
@@ -32,7 +31,7 @@ def file_problem(path: Path, what: str) -> str | None:
 def enclosing_run_folder(path: Path) -> Path | None:
     """The run folder `path` lies in (not `path` itself), or None."""
     for parent in path.parents:
-        if parent.is_dir() and any((parent / marker).is_file() for marker in RUN_MARKERS):
+        if parent.is_dir() and any((parent / name).is_file() for name in RUN_FILES):
             return parent
     return None
 

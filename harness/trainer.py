@@ -225,7 +225,6 @@ def read_metrics(path: Path) -> tuple[list[str], bool]:
     return kept, torn
 
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json", ASSIGNMENTS_FILE)
 
 
 def _failure_message(error: Exception) -> str:

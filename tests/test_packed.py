@@ -13,7 +13,8 @@ import models.packed
 from harness.cli import _default_run_folder, main
 from harness.config import ConfigError, TrialConfig, dump, load_trial_config
 from harness.packed import run_packed
-from harness.trainer import RUN_FILES, TrialFailed, run_trial
+from harness.layout import RUN_FILES
+from harness.trainer import TrialFailed, run_trial
 from models.mfcvae import MFCVAE
 
 QUIET = dict(log=lambda s: None)

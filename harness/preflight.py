@@ -12,7 +12,7 @@ from .sweep_checks import SweepError
 
 PROBE_PREFIX = ".mfcbench-preflight-"
 # A node whose task has not answered by then is named as unreachable; a healthy node answers in
-# well under a second (measured: see README, "On a cluster").
+# well under a second (measured: see docs/sweeps.md, "On a cluster").
 PREFLIGHT_TIMEOUT_S = 120
 
 

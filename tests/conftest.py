@@ -7,6 +7,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_collection_modifyitems(items):
+    """Every test that uses the in-process local Ray is a `ray` test (`-m "not ray"` deselects them);
+    tests that start Ray in a subprocess carry the marker themselves."""
+    for item in items:
+        if "local_ray" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -241,6 +241,7 @@ def test_preflight_names_the_node_and_path_that_fail(tmp_path, local_ray, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "data", "s.yaml"]  # the probe was removed
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_two_node_cluster_preflights_every_node_and_runs_relative_paths(tmp_path):
     from ray_helpers import BIN, ray_env, run, start_two_node_cluster

@@ -521,6 +521,7 @@ def test_a_packed_search_through_ray_tells_optuna_each_suggestions_seeds(tmp_pat
             [runs / "seed0", runs / "seed1"])["val/agreement"]])
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_kill_driver_then_resume_a_packed_sweep(tmp_path):
     """The driver dies while the second pack trains: --resume keeps the first pack's seeds as they were and

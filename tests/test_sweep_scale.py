@@ -189,6 +189,7 @@ def test_diverging_trials_under_asha_never_end_the_sweep_and_storage_stays_small
     assert not list(experiment.rglob("checkpoint_*"))
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["grid", "search"])
 def test_retry_errored_resumes_a_lost_trial_in_its_own_run_folder(tmp_path, kind):
@@ -250,6 +251,7 @@ def test_retry_errored_resumes_a_lost_trial_in_its_own_run_folder(tmp_path, kind
         assert study.trials[1].value == result["final"]["val/elbo"]
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_trial_on_a_lost_node_continues_on_another_from_its_run_folder(tmp_path):
     """Two-node loopback cluster, one trial per node; every process of the worker node is killed (by

@@ -344,6 +344,7 @@ def test_resources_no_node_has_fail_before_any_trial(tmp_path, local_ray, capsys
     assert "Waiting for the autoscaler" in capsys.readouterr().out
 
 
+@pytest.mark.ray
 def test_address_with_no_ray_there_fails_fast(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -360,6 +361,7 @@ def test_address_with_no_ray_there_fails_fast(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_sweep_output_is_plain_progress_without_ray_tables(tmp_path):
     home, temp = tmp_path / "home", short_temp_dir()
@@ -483,6 +485,7 @@ def test_optuna_search_concurrent_multi_objective(tmp_path, local_ray):
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two trials overlapped in time"
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_kill_driver_then_resume_finishes_each_trial_once(tmp_path):
     home, temp = tmp_path / "home", short_temp_dir()
@@ -537,6 +540,7 @@ def test_kill_driver_then_resume_finishes_each_trial_once(tmp_path):
         assert epochs == list(range(1, 81)), f"seed {r['seed']}: evaluations {epochs}"
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_sweep_on_two_node_loopback_cluster(tmp_path):
     home, temp = tmp_path / "home", short_temp_dir()

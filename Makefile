@@ -17,4 +17,5 @@ demo: .venv/installed
 	.venv/bin/mfcbench demo
 
 test: .venv/installed
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from harness.config import load_trial_config
-from harness.trainer import run_trial
+from harness.trial.config_io import load_trial_config
+from harness.trial.single import run_trial
 from train_throughput import dataset_name  # bench/ is on sys.path when a bench script runs
 
 PAPER_EPOCHS = 402  # Table 3: 201 epochs per progressive step, two steps

@@ -9,8 +9,8 @@ Needs CUDA; without it, it says so and exits 1 (`--cpu-smoke` runs the eager row
 this script where no GPU is, with numbers that mean nothing).
 
 Modes:
-- eager: what harness.trainer (S = 1 ... one after another) and harness.packed run today, step for step,
-  under harness.precision's autocast (fp16 with its GradScaler);
+- eager: what harness.trial.single (S = 1 ... one after another) and harness.trial.packed run today, step for step,
+  under harness.trial.precision's autocast (fp16 with its GradScaler);
 - graph: the same step (forward, backward, Adam with capturable=True) captured once as a CUDA graph and
   replayed: no Python and no kernel launches per step. Its batches are gathered inside the graph from a
   random index filled before each replay, and its noise is drawn inside the graph from the default CUDA
@@ -38,7 +38,7 @@ from train_throughput import (Bench, dataset_name, demo_config, fixed_costs, flo
                               timed)
 
 from harness.data import load_dataset  # noqa: E402  (train_throughput put this tree on sys.path)
-from harness.precision import AUTOCAST_DTYPES  # noqa: E402
+from harness.trial.precision import AUTOCAST_DTYPES  # noqa: E402
 from models import packed as pk  # noqa: E402
 
 PAPER_EPOCHS = 402  # Table 3: 201 epochs per progressive step, two steps

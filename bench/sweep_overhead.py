@@ -1,7 +1,7 @@
 """What the sweep machinery itself costs per trial, at many trials: N grid trials that do no training
 but report like a real trial (20 evaluations of a realistic metric dict, a run folder with config.yaml,
-metrics.jsonl and result.json) go through the real harness.tune_runner.run_sweep and
-harness.tune_trial.trainable on a local 2-CPU Ray. Only harness.trainer.run_trial is replaced, inside
+metrics.jsonl and result.json) go through the real harness.sweep.tune.driver.run_sweep and
+harness.sweep.tune.worker.trainable on a local 2-CPU Ray. Only harness.trial.single.run_trial is replaced, inside
 each Ray worker (Ray's worker_process_setup_hook), by a stand-in that does no work.
 
     .venv/bin/python bench/sweep_overhead.py [--trials 200]      # users: --trials 2000
@@ -35,14 +35,14 @@ SLOTS = 2  # Ray CPUs; each trial takes 1
 
 
 def _stand_in_trainer() -> None:
-    """Ray worker setup hook: harness.trainer.run_trial becomes a trainer that only reports."""
+    """Ray worker setup hook: harness.trial.single.run_trial becomes a trainer that only reports."""
     import json
     import sys
     import time
     from pathlib import Path
 
     sys.path.insert(0, REPO_ROOT)
-    import harness.trainer
+    import harness.trial.single
 
     def run_trial(config, run_dir, resume=False, reporter=None, log=print, progress=False):
         run_dir = Path(run_dir)
@@ -68,13 +68,13 @@ def _stand_in_trainer() -> None:
                 if reporter:
                     reporter(metrics, run_dir)
         result = {"status": "completed", "error": None, "final": metrics, "seed": seed,
-                  "config": config.model_dump(mode="json"), "harness": harness.trainer.__file__}
+                  "config": config.model_dump(mode="json"), "harness": harness.trial.single.__file__}
         (run_dir / "result.json").write_text(json.dumps(result))
         with open(DONE_FILE, "a") as done:  # one byte per finished trial: the driver's progress count
             done.write(".")
         return result
 
-    harness.trainer.run_trial = run_trial
+    harness.trial.single.run_trial = run_trial
 
 
 def sweep_file_report(sweep) -> str:
@@ -103,8 +103,9 @@ def main() -> None:
     import ray
 
     import harness
-    from harness.sweep import load_sweep
-    from harness.tune_runner import LOOPBACK_NODE_IP, run_sweep
+    from harness.sweep.load import load_sweep
+    from harness.sweep.tune.driver import run_sweep
+    from harness.sweep.tune.session import LOOPBACK_NODE_IP
 
     work = Path(tempfile.mkdtemp(prefix="sweep-bench-"))
     DONE_FILE = str(work / "done")

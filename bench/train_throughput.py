@@ -22,7 +22,7 @@ build, data-dependent init, the GMM prior initialisation split into the encoder 
 training set and the GMM fits, one evaluation at all-facets and at faded alphas), and the imports
 of a fresh process.
 
-Table 3: the trainer (harness.trainer.run_trial: schedule, epoch bookkeeping, evaluation every
+Table 3: the trainer (harness.trial.single.run_trial: schedule, epoch bookkeeping, evaluation every
 epoch) against a bare loop of the same model, samples/s of training time; the ratio should stay
 near 1 (the trainer's overhead per batch), and the evaluation's share of the trainer's time.
 """
@@ -50,10 +50,11 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
-from harness.config import TrialConfig, load_trial_config  # noqa: E402
+from harness.trial.config import TrialConfig  # noqa: E402
+from harness.trial.config_io import load_trial_config  # noqa: E402
 from harness.data import batches, load_dataset  # noqa: E402
 from harness.data.catalog import fashion_mnist_folders, find_idx_files  # noqa: E402
-from harness.precision import Precision  # noqa: E402
+from harness.trial.precision import Precision  # noqa: E402
 from models import build_model  # noqa: E402
 from models import packed as pk  # noqa: E402
 
@@ -177,7 +178,7 @@ def endless(x: torch.Tensor, batch_size: int, generator: torch.Generator):
 def sequential_seconds(bench: Bench, seeds: list[int], steps: int, warmup: int, device: torch.device,
                        precision: str = "fp32") -> list[float]:
     """Per seed, the seconds of `steps` bare single-model steps (after `warmup` untimed ones): what a
-    trial's training loop does per batch (harness.trainer), with every facet on."""
+    trial's training loop does per batch (harness.trial.single), with every facet on."""
     seconds, tc = [], bench.config.training
     for seed in seeds:
         model = bench.model(seed, device)
@@ -196,7 +197,7 @@ def sequential_seconds(bench: Bench, seeds: list[int], steps: int, warmup: int, 
 
 def packed_seconds(bench: Bench, seeds: list[int], steps: int, warmup: int, device: torch.device,
                    precision: str = "fp32") -> float:
-    """Seconds of `steps` packed steps of `seeds` (after `warmup`): what harness.packed does per batch."""
+    """Seconds of `steps` packed steps of `seeds` (after `warmup`): what harness.trial.packed does per batch."""
     tc = bench.config.training
     models = [bench.model(seed, device) for seed in seeds]
     params, buffers = pk.stack(models)
@@ -241,8 +242,8 @@ def threads(n: int):
 # Fixed per-trial costs ----------------------------------------------------------------------------
 def fixed_costs(config: TrialConfig, device: torch.device, seed: int = 0) -> dict[str, float]:
     """Seconds of what one trial pays besides its training steps, in the order a trial pays them
-    (harness.trainer._set_up, MFCVAE.prepare, harness.trainer.evaluate)."""
-    from harness.trainer import evaluate
+    (harness.trial.setup.set_up, MFCVAE.prepare, harness.trial.evaluation.evaluate)."""
+    from harness.trial.evaluation import evaluate
     from models.init import batch_statistics, data_dependent_init, fit_gmm
 
     costs: dict[str, float] = {}
@@ -293,9 +294,9 @@ class Stopwatch:
 
 
 def import_seconds() -> float:
-    """Wall seconds of a fresh Python that imports what a trial imports (torch, harness.trainer,
+    """Wall seconds of a fresh Python that imports what a trial imports (torch, harness.trial.single,
     sklearn.mixture) and exits: paid once per trial process, once per pack."""
-    code = "import torch, harness.trainer, harness.packed, sklearn.mixture, sklearn.cluster"
+    code = "import torch, harness.trial.single, harness.trial.packed, sklearn.mixture, sklearn.cluster"
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT,
                    env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
@@ -304,9 +305,9 @@ def import_seconds() -> float:
 
 # Trainer against a bare loop ---------------------------------------------------------------------
 def trainer_vs_bare(bench: Bench, data_name: str, epochs: int, tmp: Path, n_threads: int) -> dict[str, float]:
-    """samples/s of harness.trainer.run_trial (training time only; evaluation every epoch) and of a bare
+    """samples/s of harness.trial.single.run_trial (training time only; evaluation every epoch) and of a bare
     loop of the same model over the same number of epochs, bare before and after (the faster counts)."""
-    from harness.trainer import run_trial
+    from harness.trial.single import run_trial
 
     config = bench.config.model_copy(deep=True)
     config = TrialConfig.model_validate({**config.model_dump(mode="json"), "training": {
@@ -440,7 +441,7 @@ def main() -> None:
                                       f"{found['eval_share']:.1%}"])
         print()
         print(table(["model", "epochs", "trainer samples/s", "bare samples/s", "trainer/bare", "evaluation share"],
-                    overhead_rows, f"Table 3: harness.trainer against a bare loop, {thread_counts[-1]} threads "
+                    overhead_rows, f"Table 3: the trainer against a bare loop, {thread_counts[-1]} threads "
                                    "(training time; evaluation every epoch)"))
     print(f"\n{time.perf_counter() - started:.0f} s in all")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .layout import ASSIGNMENTS_FILE
+from harness.layout import ASSIGNMENTS_FILE
 
 SPLITS = ("val", "test")
 AGREEMENT_OBJECTIVE = "val/agreement"  # mean over facets of the aligned mean pairwise ARI on validation images

@@ -6,121 +6,19 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from harness.datasets_command import datasets_command
+
 COMMANDS_GROUP = "mfcbench.commands"  # entry points: callables that add subcommands to the parser
-
-
-def _cmd_datasets(args) -> int:
-    from .data import dataset_status
-    from .data.catalog import DEFAULT_VALIDATION_FRACTION
-
-    if args.action == "show":
-        return _show_dataset(args)
-    if args.name:
-        print(f"mfcbench datasets: `list` takes no dataset name (got {args.name!r}); to draw examples: "
-              f"mfcbench datasets show {args.name}", file=sys.stderr)
-        return 2
-    rows = dataset_status(args.data_root)
-    width = max(len(name) for name, _, _ in rows)
-    for name, available, summary in rows:
-        print(f"{name:<{width}}  {'available' if available else 'missing  '}  {summary}")
-    print(f"{'npz:PATH':<{width}}  {'-':<9}  your own images: arrays x, optional y_<factor>, x_test, y_test_<factor>")
-    print(f"(training holds out dataset.validation_fraction of the train images, {DEFAULT_VALIDATION_FRACTION:g} by "
-          "default, as the validation split)")
-    return 0
-
-
-# What `datasets show --out` may write, and how a file of each kind begins: an existing file is
-# replaced only when it already is such an image (most likely an earlier `datasets show`)
-_IMAGE_SIGNATURES = {".png": b"\x89PNG\r\n\x1a\n", ".pdf": b"%PDF", ".svg": b"<?xml"}
-
-
-def _image_out_problem(out: Path) -> str | None:
-    if out.is_dir():
-        return f"--out {out} is a folder; give an image file name, e.g. {out / 'dataset.png'}"
-    kinds = ", ".join(_IMAGE_SIGNATURES)
-    if out.suffix.lower() not in _IMAGE_SIGNATURES:
-        return f"--out {out}: the file name must end in one of {kinds} (the image format), got {out.suffix or 'none'!r}"
-    if out.exists():
-        with out.open("rb") as f:
-            signature = _IMAGE_SIGNATURES[out.suffix.lower()]
-            if f.read(len(signature)) != signature:
-                return f"--out {out} exists and is not a {out.suffix} image; refusing to overwrite it"
-    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        return f"--out {out}: {blocking} is a file, not a folder"
-    return None
-
-
-def _show_dataset(args) -> int:
-    from .data import CATALOG, dataset_shape
-
-    if not args.name:
-        print("mfcbench datasets show: give a dataset name, e.g. `mfcbench datasets show digits`; known: "
-              f"{', '.join(CATALOG)}, or npz:PATH", file=sys.stderr)
-        return 2
-    if args.per_row < 1:
-        print(f"mfcbench datasets show: --per-row must be >= 1 (examples per row), got {args.per_row}",
-              file=sys.stderr)
-        return 2
-    out = Path(args.out).expanduser()
-    problem = _image_out_problem(out)
-    if problem:
-        print(f"mfcbench datasets show: {problem}", file=sys.stderr)
-        return 2
-    # Name and factor are checked against the catalog (for npz: the array headers) before loading anything
-    factors = list(dataset_shape(args.name).factors)
-    if args.factor is not None and args.factor not in factors:
-        print(f"mfcbench datasets show: dataset {args.name} has no factor {args.factor!r}; "
-              + (f"its factors: {', '.join(factors)}" if factors else "it has no factor labels (y_<factor> arrays)"),
-              file=sys.stderr)
-        return 2
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from .data import load_dataset
-
-    data = load_dataset(args.name, args.data_root)
-    factor = args.factor or next(iter(data.factors), None)
-    # Unlabelled data (an npz without y_<factor>): one row of random examples
-    y = data.y_train[factor].numpy() if factor else np.zeros(len(data.x_train), dtype=int)
-    values = np.unique(y)
-    fig, axes = plt.subplots(len(values), args.per_row, figsize=(args.per_row * 0.6, len(values) * 0.6),
-                             squeeze=False)
-    rng = np.random.default_rng(0)
-    for r, value in enumerate(values):
-        index = np.flatnonzero(y == value)
-        chosen = rng.choice(index, size=min(args.per_row, len(index)), replace=False)
-        for c in range(args.per_row):
-            ax = axes[r, c]
-            ax.axis("off")
-            if c < len(chosen):
-                image = data.x_train[chosen[c]].permute(1, 2, 0).numpy()
-                ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
-        axes[r, 0].set_title(f"{factor}={value}" if factor else "examples", fontsize=6, loc="left")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")  # same suffix: matplotlib picks the format from it
-    try:
-        fig.savefig(tmp, dpi=120)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        plt.close(fig)
-    print(f"wrote {out}: {len(values)} rows ({factor or 'no factor labels'}), {args.per_row} examples each")
-    return 0
 
 
 def _cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from .config import load_trial_config
-    from .paths import folder_problem
-    from .layout import RUN_FILES
-    from .trainer import ResumeFailed, TrialFailed, run_trial
+    from harness.layout import RUN_FILES
+    from harness.paths import folder_problem
+    from harness.trial.config_io import load_trial_config
+    from harness.trial.errors import ResumeFailed, TrialFailed
+    from harness.trial.single import run_trial
 
     if args.resume:
         _refuse_packed_resume(args)
@@ -157,8 +55,8 @@ def _train_packed(config, out: Path) -> int:
     """training.seeds: one packed process, one ordinary run folder per seed (out/seed<s>)."""
     from tqdm import tqdm
 
-    from .packed import run_packed, seed_folder
-    from .trainer import TrialFailed
+    from harness.trial.errors import TrialFailed
+    from harness.trial.packed import run_packed, seed_folder
 
     try:
         results = run_packed(config, out, log=tqdm.write, progress=True)
@@ -195,7 +93,8 @@ def _default_run_folder(config_source: str | None, config) -> Path:
 def _refuse_packed_resume(args) -> None:
     """Packed seeds are resumed one seed folder at a time, each as the single run it is: refuse a
     folder of packed seeds, and --set training.seeds, with --resume."""
-    from .config import ConfigError, load_trial_config
+    from harness.trial.config import ConfigError
+    from harness.trial.config_io import load_trial_config
 
     config = None
     if not args.out or args.config or args.set:
@@ -236,8 +135,9 @@ def _config_to_resume(args):
     (None, folder) for a run that already completed."""
     import json
 
-    from .config import RESUME_SAFE_KEYS, TrialConfig, apply_overrides, differences, load_trial_config, \
-        read_run_config, read_yaml, validate
+    from harness.trial.config import TrialConfig
+    from harness.trial.config_io import (RESUME_SAFE_KEYS, apply_overrides, load_trial_config, read_run_config,
+                                         read_yaml, resume_config, validate)
 
     out = Path(args.out) if args.out else _default_run_folder(args.config, load_trial_config(args.config,
                                                                                              args.set or []))
@@ -263,13 +163,13 @@ def _config_to_resume(args):
     # --set applies to the run's own config (or to --config, when given), then must agree with it
     base = read_yaml(args.config) if args.config else saved.model_dump(mode="json")
     requested = validate(TrialConfig, apply_overrides(base, args.set or []), "trial config")
-    changed = {k: v for k, v in differences(saved, requested).items() if k not in RESUME_SAFE_KEYS}
+    config, changed = resume_config(saved, requested)
     if changed:
         lines = "\n".join(f"  {key}: the run has {old!r}, you asked for {new!r}" for key, (old, new) in changed.items())
         raise SystemExit(f"mfcbench train --resume: {out} continues with its own config.yaml; these changes would "
                          f"alter what it trains:\n{lines}\nResume without them (only {', '.join(RESUME_SAFE_KEYS)} may "
                          "change), or start a new run with another --out. Nothing was changed.")
-    return requested, out
+    return config, out
 
 
 def _stop_ray() -> None:
@@ -282,8 +182,10 @@ def _stop_ray() -> None:
 
 def _cmd_demo(args) -> int:
     """sweeps/demo.yaml on a local Ray, then its report; a second call finishes or reuses the sweep."""
-    from .sweep import load_sweep, pack_grid
-    from .tune_runner import SweepError, run_sweep
+    from harness.sweep.expand import pack_grid
+    from harness.sweep.load import load_sweep
+    from harness.sweep.checks import SweepError
+    from harness.sweep.tune.driver import run_sweep
 
     demo = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"
     if not demo.exists():
@@ -310,9 +212,9 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from .config import ConfigError
-    from .sweep_checks import SweepError, plan_sweep
-    from .tune_runner import run_sweep
+    from harness.sweep.checks import SweepError, plan_sweep
+    from harness.sweep.tune.driver import run_sweep
+    from harness.trial.config import ConfigError
 
     try:
         # Every check that needs no Ray, the same for --dry-run: the whole file, --name, storage, --resume.
@@ -338,7 +240,7 @@ def _cmd_sweep(args) -> int:
     errors = sum(1 for r in results if r.error is not None)
     print(f"sweep finished: {len(results)} trials, {errors} errored; experiment folder {experiment}")
     if args.tracker == "mlflow":
-        from .tune_runner import mlflow_tracking_uri
+        from harness.sweep.tune.driver import mlflow_tracking_uri
 
         print(f"MLflow: mlflow ui --backend-store-uri {mlflow_tracking_uri(experiment)}")
     print(f"report it with: mfcbench report {experiment} --out {experiment}/report")
@@ -356,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="dataset.png", help="image file to write: .png, .pdf or .svg (default dataset.png)")
     p.add_argument("--per-row", type=int, default=10, help="examples per row, >= 1")
     p.add_argument("--data-root", help="folder holding downloaded datasets")
-    p.set_defaults(func=_cmd_datasets)
+    p.set_defaults(func=datasets_command)
 
     p = sub.add_parser("train", help="train and evaluate one trial")
     p.add_argument("--config", help="trial YAML file or preset (paper-mnist, paper-3dshapes, paper-svhn, ...)")
@@ -402,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before any heavy import: --help answers at once
-    from .config import ConfigError
-    from .data import DatasetError
+    from harness.data import DatasetError
+    from harness.trial.config import ConfigError
 
     try:
         return args.func(args)

@@ -5,7 +5,7 @@ and training code).
   mfcbench-sweep.yaml     the sweep file as run, with the resolved base and expanded trial list
                           (every path absolute)
   mfcbench-driver.lock    while a driver runs it: that driver's host, pid and start time
-  optuna.journal          the Optuna study (search sweeps; harness.search): `optuna-dashboard optuna.journal`
+  optuna.journal          the Optuna study (search sweeps; harness.sweep.tune.searcher): `optuna-dashboard optuna.journal`
   mlflow.db               with --tracker mlflow: `mlflow ui --backend-store-uri sqlite:///.../mlflow.db`
   mfcbench-grid-trials.json   grid sweeps: the expanded trial configs (with `pack`, the packed ones:
                           training.seeds); Tune's params hold only an index
@@ -32,24 +32,6 @@ ASSIGNMENTS_FILE = "assignments.npz"
 # What a run folder holds: a folder with any of these is a run folder
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json", ASSIGNMENTS_FILE)
 
-# What a written config (a run's config.yaml, a recorded sweep trial, a pickled searcher's base) means
-# by a key it lacks, where that differs from today's default or the key is newer than the config:
-# runs written before dataset.validation_fraction trained on the whole training set, before
-# model.data_init_scale at unit scale, before training.precision in fp32.
-# harness.config fills them in when it reads such a config; reports fill them in before comparing
-# configs, so old and new seeds of one configuration stay one unit.
-LEGACY_RUN_DEFAULTS = {("dataset", "validation_fraction"): 0.0, ("model", "data_init_scale"): 1.0,
-                       ("training", "precision"): "fp32"}
-
-
-def with_legacy_run_defaults(data: dict) -> dict:
-    """`data` (a trial config as a mapping) with the LEGACY_RUN_DEFAULTS keys it lacks filled in, in place."""
-    for (section, key), value in LEGACY_RUN_DEFAULTS.items():
-        if isinstance(data.get(section, {}), dict):
-            data.setdefault(section, {}).setdefault(key, value)
-    return data
-
-
 def trial_folder(experiment_dir, trial_id: str):
     """The folder of a sweep trial: `<experiment_dir>/trial_<id>`."""
     from pathlib import Path
@@ -60,3 +42,12 @@ def trial_folder(experiment_dir, trial_id: str):
 def run_folder(experiment_dir, trial_id: str, seed: int):
     """The run folder of one seed of a sweep trial (packed or not): `<experiment_dir>/trial_<id>/runs/seed<s>`."""
     return trial_folder(experiment_dir, trial_id) / "runs" / f"seed{seed}"
+
+
+def __getattr__(name: str):
+    """Names this module held before they moved to harness.compat (LEGACY_RUN_DEFAULTS, ...)."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    import harness.compat
+
+    return getattr(harness.compat, name)

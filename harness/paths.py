@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .layout import RUN_FILES
+from harness.layout import RUN_FILES
 
 
 def _kind(path: Path) -> str:

@@ -115,7 +115,7 @@ class MFCVAE(nn.Module):
         """One-sample ELBO (B,) and its parts; `alphas` None uses the model's current fade-in; `noise`
         (per facet, (B, d_j) standard normal) replaces the draw from `generator` (see reparameterise).
 
-        Mixed precision (harness.precision) happens here and only here: under autocast the encoder and
+        Mixed precision (harness.trial.precision) happens here and only here: under autocast the encoder and
         decoder run in bf16/fp16, their outputs are cast to float32 (`upcast`: a no-op in fp32), and z, the
         likelihood, the KL terms and the prior are computed with autocast off, in float32."""
         alphas = self.alphas if alphas is None else alphas

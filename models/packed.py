@@ -25,7 +25,7 @@ seed i's state into the format of `torch.optim.Adam(model.parameters())`, and `k
 (parameters, buffers and optimiser state) down to the seeds that go on, `keep_rows` a per-seed
 vector such as summed losses.
 
-The seed dimension stays in this module: a caller (harness.packed) holds seeds as lists (batches,
+The seed dimension stays in this module: a caller (harness.trial.packed) holds seeds as lists (batches,
 generators, flags, floats) and hands tensors with a seed dimension only to these functions.
 """
 from __future__ import annotations

@@ -56,7 +56,7 @@ def _variant_of(run_dir: Path, config: dict) -> str:
     return f"{m['name']} {m['architecture']} z={m['latent_dims']} K={m['n_clusters']}"
 
 
-# Written by the sweep driver (harness.search) into trial_<id>/ when the scheduler stopped that trial.
+# Written by the sweep driver (harness.sweep.tune.searcher) into trial_<id>/ when the scheduler stopped that trial.
 
 
 def _unfinished_status(run_dir: Path) -> str:

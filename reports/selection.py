@@ -19,7 +19,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from harness.layout import with_legacy_run_defaults
+from harness.compat import with_legacy_run_defaults
 from harness.agreement import AGREEMENT_OBJECTIVE, aligned_pairs, matched_facets, partition_agreement, \
     read_assignments, suggestion_agreement
 

@@ -33,7 +33,7 @@ def local_ray(ray_home):
     """One local Ray per test module for in-process sweeps, ended with its processes afterwards."""
     import ray
 
-    from harness.tune_runner import start_ray
+    from harness.sweep.tune.session import start_ray
     from ray_helpers import kill_all, processes_of, short_temp_dir
 
     old_home = os.environ.get("HOME")

@@ -21,19 +21,14 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.config import load_trial_config
-from harness.trainer import TrialFailed, run_trial
+from harness.trial.config_io import load_trial_config
+from harness.trial.errors import TrialFailed
+from harness.trial.single import run_trial
+from sweep_helpers import TINY_BASE
 
 TINY_SETS = ["--set", "model.latent_dims=[3]", "--set", "model.n_clusters=[10]", "--set", "model.hidden_sizes=[32]",
              "--set", "training.epochs_per_step=[2]", "--set", "training.batch_size=256",
              "--set", "training.threads=1"]
-TINY_BASE = {
-    "dataset": {"name": "digits"},
-    "model": {"latent_dims": [3], "n_clusters": [10], "hidden_sizes": [32]},
-    "training": {"epochs_per_step": [2], "batch_size": 256, "threads": 1},
-}
-
-
 @dataclass
 class Case:
     """`argv` may name {ws} (the workspace), {run} (a finished run), {killed} (a run killed after its

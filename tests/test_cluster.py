@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import yaml
 
-from harness.config import ConfigError
-from harness.sweep import load_sweep
+from harness.trial.config import ConfigError
+from harness.sweep.load import load_sweep
 from harness.layout import LOCK_FILE
-from harness.sweep_checks import SweepError, check_before_start, driver_lock
-from harness.trial_device import DeviceError, trial_device
+from harness.sweep.checks import SweepError, check_before_start, driver_lock
+from harness.trial.device import DeviceError, trial_device
 
 from ray_helpers import kill_all, processes_of, short_temp_dir
 
@@ -192,7 +192,7 @@ def test_a_stale_lock_is_taken_over_and_every_lock_is_released(tmp_path, reaped)
 @pytest.mark.slow
 def test_sweep_with_a_relative_npz_path_runs_from_another_directory(tmp_path, local_ray, monkeypatch, capsys):
     from harness.layout import SWEEP_FILE
-    from harness.tune_runner import run_sweep
+    from harness.sweep.tune.driver import run_sweep
 
     launch = tmp_path / "launch"
     write_tiny_npz(launch / "data" / "tiny.npz")
@@ -218,8 +218,8 @@ def test_sweep_with_a_relative_npz_path_runs_from_another_directory(tmp_path, lo
 
 @pytest.mark.slow
 def test_preflight_names_the_node_and_path_that_fail(tmp_path, local_ray, monkeypatch):
-    from harness.preflight import preflight
-    from harness.tune_runner import run_sweep
+    from harness.sweep.tune.preflight import preflight
+    from harness.sweep.tune.driver import run_sweep
 
     npz = write_tiny_npz(tmp_path / "data" / "tiny.npz")
     path = write_sweep(tmp_path / "s.yaml", storage=str(tmp_path / "results"), grid={"training.seed": [0]},

@@ -3,8 +3,8 @@ import statistics
 
 import pytest
 
-from harness.config import TrialConfig
-from harness.trainer import run_trial
+from harness.trial.config import TrialConfig
+from harness.trial.single import run_trial
 
 QUIET = dict(log=lambda s: None)
 

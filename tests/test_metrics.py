@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from harness.metrics import cluster_accuracy, clustering_metrics, hungarian_accuracy, majority_accuracy, silhouette
+from harness.trial.metrics import cluster_accuracy, clustering_metrics, hungarian_accuracy, majority_accuracy, silhouette
 
 
 def test_hungarian_hand_checked():

@@ -127,7 +127,9 @@ def test_gated_add_merge_is_the_authors_b_plus_tenth_alpha_r(architecture, shape
     for j in (1, 0):
         h = d.backbone[j](h + 0.1 * alphas[j] * d.rungs[j](zs[j]))
     torch.testing.assert_close(model.decode(zs, alphas).reshape(h.shape), h)
-    first_layer = lambda m: next(p for p in m.decoder.backbone[0].parameters() if p.dim() > 1)
+    def first_layer(m):
+        return next(p for p in m.decoder.backbone[0].parameters() if p.dim() > 1)
+
     widths = (first_layer(model).shape, first_layer(concat).shape)
     assert widths[0][1 if architecture == "ladder-mlp" else 0] * 2 == widths[1][1 if architecture == "ladder-mlp" else 0]
 

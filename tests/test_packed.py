@@ -11,10 +11,12 @@ import yaml
 
 import models.packed
 from harness.cli import _default_run_folder, main
-from harness.config import ConfigError, TrialConfig, dump, load_trial_config
-from harness.packed import run_packed
+from harness.trial.config import ConfigError, TrialConfig
+from harness.trial.config_io import dump, load_trial_config
+from harness.trial.packed import run_packed
 from harness.layout import RUN_FILES
-from harness.trainer import TrialFailed, run_trial
+from harness.trial.errors import TrialFailed
+from harness.trial.single import run_trial
 from models.mfcvae import MFCVAE
 
 QUIET = dict(log=lambda s: None)
@@ -202,7 +204,7 @@ def test_a_seed_that_goes_non_finite_fails_alone(tmp_path, monkeypatch, ladder):
 
 
 def test_the_seed_dimension_stays_in_models_packed():
-    """The small functions harness.packed hands tensors with a seed dimension to."""
+    """The small functions harness.trial.packed hands tensors with a seed dimension to."""
     batches = [torch.full((4, 1, 2, 2), float(s)) for s in range(3)]
     x = models.packed.stack_batches(batches)
     assert x.shape == (3, 4, 1, 2, 2) and all(torch.equal(x[s], b) for s, b in enumerate(batches))
@@ -267,7 +269,7 @@ def test_packed_losses_and_running_statistics_are_each_models(architecture, cova
     """models.packed on its own: the vmapped loss of each seed is its model's loss on its batch and noise,
     and in train mode each seed's batch norm updates its own slice of the stacked running statistics,
     exactly as the model's own batch norm does (forward passes only: no optimiser in between)."""
-    from harness.config import TrialConfig as Config
+    from harness.trial.config import TrialConfig as Config
     from models import build_model
 
     config = Config.model_validate(tiny(model={"architecture": architecture, "covariance": covariance,
@@ -380,8 +382,9 @@ def test_seeds_override_replaces_the_seed_of_a_written_config(tmp_path):
     that itself holds both is still an error naming both keys."""
     import yaml
 
-    from harness.config import ConfigError, load_trial_config
-    from harness.sweep import resolved_base, with_overrides
+    from harness.trial.config import ConfigError
+    from harness.trial.config_io import load_trial_config
+    from harness.sweep.overrides import resolved_base, with_overrides
 
     written = tmp_path / "config.yaml"
     written.write_text(yaml.safe_dump({"training": {"seed": 3, "epochs_per_step": [1, 1]}}))

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import harness.precision
+import harness.trial.precision
 from harness.cli import main
-from harness.config import ConfigError, TrialConfig, load_trial_config
-from harness.packed import run_packed
-from harness.precision import Precision, PrecisionError
-from harness.trainer import run_trial
+from harness.trial.config import ConfigError, TrialConfig
+from harness.trial.config_io import load_trial_config
+from harness.trial.packed import run_packed
+from harness.trial.precision import Precision, PrecisionError
+from harness.trial.single import run_trial
 from models import build_model
 from models.mfcvae import MFCVAE
 from models.priors import MixturePrior
@@ -35,7 +36,7 @@ def tiny(precision: str = "fp32", **training) -> dict:
 @pytest.fixture
 def no_bf16_warning(monkeypatch):
     """bf16 on this CPU without the slowdown warning, whatever the CPU (the warning has its own test)."""
-    monkeypatch.setattr(harness.precision, "cpu_has_bf16_instructions", lambda: True)
+    monkeypatch.setattr(harness.trial.precision, "cpu_has_bf16_instructions", lambda: True)
 
 
 def record_training_losses(monkeypatch) -> list[float]:
@@ -139,11 +140,11 @@ def test_fp32_loss_terms_are_unchanged_by_the_casts():
 
 
 def test_bf16_on_a_cpu_without_bf16_instructions_warns_with_the_slowdown(monkeypatch):
-    monkeypatch.setattr(harness.precision, "cpu_has_bf16_instructions", lambda: False)
+    monkeypatch.setattr(harness.trial.precision, "cpu_has_bf16_instructions", lambda: False)
     with pytest.warns(RuntimeWarning, match=r"without bf16 instructions .* takes 4x \(small models\) to 11x "
                                             r"\(the MNIST FC ladder\) fp32's time"):
         Precision("bf16", "cpu")
-    monkeypatch.setattr(harness.precision, "cpu_has_bf16_instructions", lambda: True)
+    monkeypatch.setattr(harness.trial.precision, "cpu_has_bf16_instructions", lambda: True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Precision("bf16", "cpu")
@@ -195,9 +196,9 @@ def test_fp16_where_auto_resolves_to_the_cpu_is_refused_before_any_file(tmp_path
 def test_fp16_loss_scaling_is_checkpointed_and_resumed(tmp_path, monkeypatch):
     """The fp16 path's GradScaler, exercised on the CPU by lifting the CUDA-only guard (CPU autocast has
     fp16): its state is in every checkpoint and a resumed run continues from it."""
-    monkeypatch.setattr(harness.precision, "check_precision", lambda *args: None)
-    monkeypatch.setattr(harness.precision, "refuse_before_writing", lambda *args: None)
-    monkeypatch.setattr("harness.trainer.refuse_before_writing", lambda *args: None)
+    monkeypatch.setattr(harness.trial.precision, "check_precision", lambda *args: None)
+    monkeypatch.setattr(harness.trial.precision, "refuse_before_writing", lambda *args: None)
+    monkeypatch.setattr("harness.trial.single.refuse_before_writing", lambda *args: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     config = TrialConfig.model_validate(tiny("fp16", device="auto"))
     result = run_trial(config, tmp_path / "run", **QUIET)
@@ -229,8 +230,8 @@ def test_bf16_on_a_gpu_without_bf16_is_refused_before_any_file(tmp_path, monkeyp
 
 def lift_the_fp16_guard(monkeypatch):
     """fp16 on the CPU (CPU autocast has fp16), as the loss-scaling test above exercises it."""
-    monkeypatch.setattr(harness.precision, "check_precision", lambda *args: None)
-    monkeypatch.setattr("harness.packed.refuse_before_writing", lambda *args: None)
+    monkeypatch.setattr(harness.trial.precision, "check_precision", lambda *args: None)
+    monkeypatch.setattr("harness.trial.single.refuse_before_writing", lambda *args: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
@@ -239,7 +240,7 @@ def test_an_fp16_seed_whose_loss_overflows_leaves_the_pack_at_once(tmp_path, mon
     5 on) and halve the scale to 0, then write NaN into seeds 0 and 1. Under fp16 the losses are checked
     every step: seed 2 is recorded failed at step 5 and leaves the pack at once (its noise and its batch
     iterator with it), step 5 trains no seed, and seeds 0 and 1 train on with a sane scale."""
-    import harness.packed
+    import harness.trial.packed
     import models.packed
 
     lift_the_fp16_guard(monkeypatch)
@@ -253,14 +254,14 @@ def test_an_fp16_seed_whose_loss_overflows_leaves_the_pack_at_once(tmp_path, mon
         return noise
 
     monkeypatch.setattr(models.packed, "draw_noise", poisoned)
-    drawn, original_batches = {}, harness.packed.batches
+    drawn, original_batches = {}, harness.trial.packed.batches
 
     def counted_batches(x, batch_size, generator):  # batches drawn per seed (its data-order generator's seed)
         for batch in original_batches(x, batch_size, generator):
             drawn[generator.initial_seed()] = drawn.get(generator.initial_seed(), 0) + 1
             yield batch
 
-    monkeypatch.setattr(harness.packed, "batches", counted_batches)
+    monkeypatch.setattr(harness.trial.packed, "batches", counted_batches)
     scaled_steps, original_step = [], Precision.step
     monkeypatch.setattr(Precision, "step", lambda self, loss, optimiser: (
         scaled_steps.append(self.scaler.get_scale()), original_step(self, loss, optimiser)))
@@ -301,7 +302,7 @@ def gpu_tune_session(tune_session, monkeypatch):
 def test_bf16_on_a_gpu_without_bf16_in_a_sweep_is_a_failed_trial(tmp_path, monkeypatch, gpu_tune_session, packed):
     """In a sweep the refusal is the trial's failure, with its message, as any deterministic failure is:
     not an exception that Ray retries and then records as an error."""
-    from harness.tune_trial import trainable
+    from harness.sweep.tune.worker import trainable
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

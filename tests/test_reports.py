@@ -12,8 +12,9 @@ import pytest
 import torch
 import yaml
 
-from harness.config import TrialConfig
-from harness.trainer import TrialFailed, run_trial
+from harness.trial.config import TrialConfig
+from harness.trial.errors import TrialFailed
+from harness.trial.single import run_trial
 from reports.load import load_runs
 from reports.report import ReportError, ReportOptions, build_report
 from reports.stats import describe, expected_best_of_n, probability_of_improvement
@@ -211,7 +212,7 @@ def test_reference_rows_appear_for_matching_datasets(tmp_path):
 
 def test_reports_do_not_import_training_code():
     code = ("import sys, reports.report, reports.model_analyses, reports.optuna_analysis, reports.selection; "
-            "bad = [m for m in ('harness.trainer', 'harness.tune_runner', 'ray') if m in sys.modules]; "
+            "bad = [m for m in ('harness.trial.single', 'harness.sweep.tune.driver', 'ray') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 

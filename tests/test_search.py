@@ -1,4 +1,4 @@
-"""The sweep searcher and scheduler (harness.search): parallel replicates told to Optuna as their mean,
+"""The sweep searcher and scheduler (harness.sweep.tune.searcher): parallel replicates told to Optuna as their mean,
 seed agreement computed from the seeds' run folders, FAIL / PRUNED semantics, restart, ASHA's max_t,
 the dry-run concurrency line, and an ASHA search on local Ray whose stopped trials are PRUNED in the
 study and "stopped early" in reports."""
@@ -12,22 +12,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from harness.config import DEFAULT_OPTIMISER_STEPS, ConfigError, with_legacy_defaults
-from harness.sweep import load_sweep
+from harness.trial.config import DEFAULT_OPTIMISER_STEPS, ConfigError
+from harness.compat import with_legacy_defaults
+from harness.sweep.load import load_sweep
 from ray_helpers import journal_study
-
-
-TINY_BASE = {
-    "dataset": {"name": "digits"},
-    "model": {"latent_dims": [3], "n_clusters": [10], "hidden_sizes": [32]},
-    "training": {"epochs_per_step": [2], "batch_size": 256, "threads": 1},
-}
-LR_SPACE = {"training.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
-
-
-def write_sweep(path: Path, **fields) -> Path:
-    path.write_text(yaml.safe_dump({"name": "t", "base": TINY_BASE, **fields}, sort_keys=False))
-    return path
+from sweep_helpers import LR_SPACE, TINY_BASE, write_sweep
 
 
 def with_epochs(epochs: int) -> dict:
@@ -36,7 +25,7 @@ def with_epochs(epochs: int) -> dict:
 
 
 def searcher_for(tmp_path, base: dict = TINY_BASE, **search):
-    from harness.search import ReplicatedOptunaSearch
+    from harness.sweep.tune.searcher import ReplicatedOptunaSearch
 
     sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", base=base, search={"space": LR_SPACE, **search}))
     return ReplicatedOptunaSearch(sweep, tmp_path)
@@ -157,7 +146,7 @@ def test_seed_agreement_is_computed_from_the_run_folders_of_the_seeds_that_finis
     order beside the mean of the reported objectives; a driver restart in between loses no trial id."""
     from sklearn.metrics import adjusted_rand_score
 
-    from harness.sweep import reported_objectives
+    from harness.sweep.load import reported_objectives
 
     two_facets = {**TINY_BASE, "model": {"latent_dims": [3, 2], "n_clusters": [10, 5], "hidden_sizes": [32, 32]},
                   "training": {**TINY_BASE["training"], "epochs_per_step": [1, 1]}}
@@ -256,7 +245,7 @@ def test_a_searcher_from_before_the_data_init_fix_keeps_unit_scale(tmp_path):
 
 
 def test_asha_max_t_follows_the_default_epochs_of_searched_batch_sizes(tmp_path):
-    from harness.search import asha_scheduler
+    from harness.sweep.tune.searcher import asha_scheduler
 
     unset = {**TINY_BASE, "training": {"threads": 1}}
     space = {"training.batch_size": {"type": "categorical", "choices": [128, 1024]}}
@@ -267,7 +256,7 @@ def test_asha_max_t_follows_the_default_epochs_of_searched_batch_sizes(tmp_path)
 # -- ASHA and concurrency, without Ray running ----------------------------------------------------
 
 def test_asha_max_t_is_the_longest_trial(tmp_path):
-    from harness.search import asha_scheduler
+    from harness.sweep.tune.searcher import asha_scheduler
 
     epochs_space = {"training.epochs_per_step.0": {"type": "int", "low": 3, "high": 40, "step": 4}}
     sweep, trials = load_sweep(write_sweep(tmp_path / "a.yaml", search={"space": {**LR_SPACE, **epochs_space}},
@@ -313,7 +302,7 @@ def test_asha_with_replicates_is_refused(tmp_path):
 
 
 def test_reports_tell_stopped_early_runs_from_incomplete_ones(tmp_path):
-    from harness.sweep import resolved_base
+    from harness.sweep.overrides import resolved_base
     from reports.load import load_runs
     from reports.summary import failures
 
@@ -334,7 +323,7 @@ def test_reports_tell_stopped_early_runs_from_incomplete_ones(tmp_path):
 # -- real Ray -------------------------------------------------------------------------------------
 
 def test_asha_search_prunes_in_the_study_and_reports_stopped_early(tmp_path, local_ray):
-    from harness.tune_runner import run_sweep
+    from harness.sweep.tune.driver import run_sweep
     from reports.load import load_runs
 
     # One trial at a time, so each later suggestion meets the rungs the earlier ones recorded; a
@@ -367,7 +356,7 @@ def test_asha_search_prunes_in_the_study_and_reports_stopped_early(tmp_path, loc
 def test_diverging_suggestions_inside_an_asha_search_fail_and_the_search_goes_on(tmp_path, local_ray):
     """A NaN never ends a sweep: a suggestion whose loss diverges is told FAIL, the others COMPLETE,
     and Tune records no error (no retries spent, the controller never sees a None)."""
-    from harness.tune_runner import run_sweep
+    from harness.sweep.tune.driver import run_sweep
 
     # grace period = the whole run: ASHA reads every result but stops nothing
     path = write_sweep(tmp_path / "search.yaml", base=with_epochs(3), max_concurrent=2, scheduler={"grace_period": 3},

@@ -1,5 +1,5 @@
 """Sweeps with `pack: S` (issue 12): grid points that differ only in training.seed, and the replicates of
-an Optuna suggestion, train as packed trials of up to S seeds (harness.packed), each seed in the
+an Optuna suggestion, train as packed trials of up to S seeds (harness.trial.packed), each seed in the
 `trial_<id>/runs/seed<s>` folder an unpacked trial of it would have. The grouping (a pure function),
 the dry run, validation, what a packed trial reports and how it starts again (no Ray), the searcher
 with packed replicates (no Ray), and one tiny packed sweep through local Ray read by the report as
@@ -11,10 +11,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from harness.config import ConfigError, TrialConfig
-from harness.sweep import balanced_chunks, load_sweep, pack_grid, replicate_groups, trials_per_suggestion
+from harness.trial.config import ConfigError, TrialConfig
+from harness.sweep.expand import balanced_chunks, pack_grid, replicate_groups, trials_per_suggestion
+from harness.sweep.load import load_sweep
 from ray_helpers import journal_study
-from test_search import LR_SPACE, TINY_BASE, write_sweep
+from sweep_helpers import LR_SPACE, TINY_BASE, write_sweep
 
 
 def grid(tmp_path, **fields):
@@ -183,7 +184,7 @@ IDENTITY = {"variant": "v", "seeds": "0,1,2", "node_id": "n", "host": "h", "pid"
 
 def run_pack(config: TrialConfig, trial_dir: Path, kill_at_epoch: int | None = None, **kwargs) -> list[dict]:
     """train_packed's reports, as a list; `kill_at_epoch`: the worker dies when it reports that epoch."""
-    from harness.tune_trial import train_packed
+    from harness.sweep.tune.worker import train_packed
 
     sent = []
 
@@ -225,12 +226,12 @@ def test_a_packed_trial_reports_the_mean_of_its_seeds_and_each_seed(tmp_path):
 
 
 def test_seeds_that_fail_leave_the_mean_and_a_pack_whose_seeds_all_fail_fails():
-    """A seed whose objective is not finite fails on its own (SeedFailed, raised into harness.packed,
+    """A seed whose objective is not finite fails on its own (SeedFailed, raised into harness.trial.packed,
     which records it and drops the seed), with the message an unpacked trial's reporter gives; the epoch's
     report still goes out once the seeds still training have evaluated it."""
-    from harness.packed import SeedFailed
-    from harness.trainer import TrialFailed
-    from harness.tune_trial import PackReports
+    from harness.trial.errors import SeedFailed
+    from harness.trial.errors import TrialFailed
+    from harness.sweep.tune.worker import PackReports
 
     sent = []
     reports = PackReports([0, 1, 2], ["val/elbo"], "every_evaluation", 5, {"variant": "v"}, {}, sent.append)
@@ -245,7 +246,7 @@ def test_seeds_that_fail_leave_the_mean_and_a_pack_whose_seeds_all_fail_fails():
     assert first["val/elbo"] == -105.0 and first["seeds_training"] == 2 and "seed2/val/elbo" not in first
     assert first["seed2/train_loss"] == 3.0 and first["mfcbench_status"] == "running"
     assert first["seed2/mfcbench_status"] == "failed" and first["seed0/mfcbench_status"] == "running"
-    reports.training = lambda: {0, 1}  # harness.packed dropped seed 2
+    reports.training = lambda: {0, 1}  # harness.trial.packed dropped seed 2
     with pytest.raises(SeedFailed, match="val/elbo not finite at epoch 2"):  # the first to evaluate fails
         reports({"epoch": 2, "val/elbo": float("inf")}, Path("runs/seed0"))
     assert len(sent) == 1  # seed 1 still to evaluate
@@ -271,10 +272,10 @@ def test_a_packed_seed_whose_objective_is_not_finite_ends_as_its_unpacked_trial(
     """Seed 1's val/elbo is NaN at epoch 2 (its loss stays finite). Unpacked, its trial fails with
     "val/elbo not finite at epoch 2" in result.json; packed, so does seed 1's folder, and the seed leaves
     the pack (not evaluated again) while seeds 0 and 2 complete and are the trial's mean."""
-    import harness.trainer
-    from harness.tune_trial import trainable
+    import harness.trial.run
+    from harness.sweep.tune.worker import trainable
 
-    evaluations, original = [], harness.trainer.evaluate
+    evaluations, original = [], harness.trial.run.evaluate
 
     def evaluate(model, data, batch_size, seed):
         metrics, assignments = original(model, data, batch_size, seed)
@@ -283,7 +284,7 @@ def test_a_packed_seed_whose_objective_is_not_finite_ends_as_its_unpacked_trial(
             metrics["val/elbo"] = float("nan")
         return metrics, assignments
 
-    monkeypatch.setattr(harness.trainer, "evaluate", evaluate)
+    monkeypatch.setattr(harness.trial.run, "evaluate", evaluate)
     trial = tiny_pack([0, 1, 2]).for_seed(1).model_dump(mode="json")
     trainable({"grid_point": {"variant": "v", "trial": trial}, "overrides": {}, "cpus": 1,
                "experiment_dir": str(tmp_path / "unpacked")}, required_metrics=["val/elbo"])
@@ -364,7 +365,7 @@ def test_the_one_seed_left_of_a_pack_resumes_from_its_checkpoint(tmp_path):
 # -- the searcher with packed replicates, no Ray --------------------------------------------------
 
 def searcher_for(tmp_path, pack: int, **search):
-    from harness.search import ReplicatedOptunaSearch
+    from harness.sweep.tune.searcher import ReplicatedOptunaSearch
 
     sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", pack=pack, search={"space": LR_SPACE, **search}))
     return ReplicatedOptunaSearch(sweep, tmp_path)
@@ -453,7 +454,7 @@ def test_a_lost_packed_trial_that_retry_errored_finishes_enters_the_study(tmp_pa
 def test_a_packed_sweep_reports_as_the_same_sweep_unpacked(tmp_path, local_ray):
     """One tiny grid through local Ray, packed (pack 3: both seeds in one trial) and not: the same run
     folders, and the report reads the same summary numbers from both."""
-    from harness.tune_runner import run_sweep
+    from harness.sweep.tune.driver import run_sweep
     from reports.load import load_runs
     from reports.summary import summary_table
 
@@ -496,7 +497,7 @@ def test_a_packed_sweep_reports_as_the_same_sweep_unpacked(tmp_path, local_ray):
 @pytest.mark.slow
 def test_a_packed_search_through_ray_tells_optuna_each_suggestions_seeds(tmp_path, local_ray):
     from harness.agreement import suggestion_agreement
-    from harness.tune_runner import run_sweep
+    from harness.sweep.tune.driver import run_sweep
 
     path = write_sweep(tmp_path / "s.yaml", pack=2, max_concurrent=2, search={
         "space": {"model.n_clusters.0": {"type": "int", "low": 5, "high": 15}},

@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from harness.config import ConfigError
-from harness.sweep import load_sweep
+from harness.trial.config import ConfigError
+from harness.sweep.load import load_sweep
 
 from ray_helpers import BIN, kill_all, processes_of, run, short_temp_dir, ray_env, start_two_node_cluster
-from test_sweeps import long_trial_base, trial_runs, write_sweep
+from sweep_helpers import long_trial_base, trial_runs, write_sweep
 
 
 # -- the trainable, in this process with Tune's session replaced -------------------------------------
@@ -26,15 +26,16 @@ def _grid(tmp_path, **fields):
 
 
 def _fake_trainer(monkeypatch, evaluations: list[dict], error: str | None = None):
-    """harness.trainer.run_trial replaced: reports the given evaluations, then fails or completes."""
-    import harness.trainer as trainer
+    """harness.trial.single.run_trial replaced: reports the given evaluations, then fails or completes."""
+    import harness.trial.single as trainer
+    from harness.trial.errors import TrialFailed
 
     def run_trial(config, run_dir, resume=False, reporter=None, log=print, progress=False):
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         for metrics in evaluations:
             reporter(metrics, Path(run_dir))
         if error:
-            raise trainer.TrialFailed(error)
+            raise TrialFailed(error)
         return {"status": "completed", "final": evaluations[-1]}
 
     monkeypatch.setattr(trainer, "run_trial", run_trial)
@@ -47,7 +48,7 @@ def _evaluation(epoch: int, elbo=-100.0) -> dict:
 
 def test_every_evaluation_reported_without_non_finite_values_and_the_last_as_completed(
         tmp_path, monkeypatch, tune_session):
-    from harness.tune_trial import trainable
+    from harness.sweep.tune.worker import trainable
 
     trials = _grid(tmp_path)  # TINY_BASE: 2 epochs
     _fake_trainer(monkeypatch, [_evaluation(1), _evaluation(2)])
@@ -64,7 +65,7 @@ def test_every_evaluation_reported_without_non_finite_values_and_the_last_as_com
 
 
 def test_final_cadence_reports_once(tmp_path, monkeypatch, tune_session):
-    from harness.tune_trial import trainable
+    from harness.sweep.tune.worker import trainable
 
     trials = _grid(tmp_path)
     _fake_trainer(monkeypatch, [_evaluation(1, elbo=-120.0), _evaluation(2, elbo=-110.0)])
@@ -75,7 +76,7 @@ def test_final_cadence_reports_once(tmp_path, monkeypatch, tune_session):
 
 
 def test_trial_failure_ends_the_trial_with_a_failed_report(tmp_path, monkeypatch, tune_session):
-    from harness.tune_trial import trainable
+    from harness.sweep.tune.worker import trainable
 
     trials = _grid(tmp_path)
     _fake_trainer(monkeypatch, [_evaluation(1)], error="non-finite loss in epoch 2")
@@ -86,7 +87,7 @@ def test_trial_failure_ends_the_trial_with_a_failed_report(tmp_path, monkeypatch
 
 def test_non_finite_objective_fails_the_trial(tmp_path, monkeypatch, tune_session):
     """ASHA or the searcher would get no value: the trainer stops, records it, and Tune hears "failed"."""
-    from harness.tune_trial import trainable
+    from harness.sweep.tune.worker import trainable
 
     trials = _grid(tmp_path)
     calls = []
@@ -96,7 +97,7 @@ def test_non_finite_objective_fails_the_trial(tmp_path, monkeypatch, tune_sessio
         reporter(_evaluation(1, elbo=None), Path(run_dir))  # the trainer turns NaN into None
         pytest.fail("the reporter should have stopped the trial")
 
-    import harness.trainer as trainer
+    import harness.trial.single as trainer
     monkeypatch.setattr(trainer, "run_trial", trainer_that_reports_nan)
     trainable({"trial_index": 0, "cpus": 1, "experiment_dir": str(tmp_path / "exp")}, grid_trials=trials,
               required_metrics=["elbo"])
@@ -107,7 +108,7 @@ def test_non_finite_objective_fails_the_trial(tmp_path, monkeypatch, tune_sessio
 
 def test_search_trial_params_carry_their_config_and_record_overrides(tmp_path, monkeypatch, tune_session):
     """The searcher's shape: the full config (seed set) in params; overrides only recorded."""
-    from harness.tune_trial import trainable
+    from harness.sweep.tune.worker import trainable
 
     trial = _grid(tmp_path)[0]["trial"]
     trial["training"]["seed"] = 7
@@ -118,8 +119,8 @@ def test_search_trial_params_carry_their_config_and_record_overrides(tmp_path, m
         seen.append(config)
         return {"status": "completed", "final": {"epoch": 2, "elbo": -1.0}}
 
-    import harness.trainer
-    monkeypatch.setattr(harness.trainer, "run_trial", trainer)
+    import harness.trial.single
+    monkeypatch.setattr(harness.trial.single, "run_trial", trainer)
     trainable({"grid_point": {"variant": "search", "trial": trial}, "overrides": {"training.lr": 0.003},
                "cpus": 1, "experiment_dir": str(tmp_path / "exp")})
     assert seen[0].training.seed == 7 and seen[0].training.lr == 0.003
@@ -137,9 +138,9 @@ def test_report_final_refused_with_a_scheduler(tmp_path):
 
 
 def test_failed_trials_print_as_failed_and_count_as_errored(capsys):
-    import harness.tune_runner as runner
+    import harness.sweep.tune.progress as runner
 
-    printer = runner._event_printer(total=2, grid_trials=[{"variant": "ok", "trial": {}},
+    printer = runner.event_printer(total=2, grid_trials=[{"variant": "ok", "trial": {}},
                                                           {"variant": "bad", "trial": {}}])
     printer.setup()
     ok = SimpleNamespace(trial_id="t0", status="RUNNING", config={"trial_index": 0},
@@ -160,7 +161,7 @@ def test_failed_trials_print_as_failed_and_count_as_errored(capsys):
 @pytest.mark.slow
 def test_diverging_trials_under_asha_never_end_the_sweep_and_storage_stays_small(tmp_path, local_ray):
     from harness.layout import GRID_TRIALS_FILE
-    from harness.tune_runner import run_sweep
+    from harness.sweep.tune.driver import run_sweep
 
     path = write_sweep(tmp_path / "grid.yaml", variants={"ok": {}, "bad": {"training.lr": 1e12}},
                        grid={"training.seed": [0, 1]},
@@ -321,8 +322,8 @@ def test_the_trial_trains_on_the_device_ray_assigned(tmp_path, monkeypatch, tune
     import ray
     import torch
 
-    import harness.trainer as trainer
-    from harness.tune_trial import trainable
+    import harness.trial.single as trainer
+    from harness.sweep.tune.worker import trainable
 
     trials = _grid(tmp_path)
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: gpu_ids)

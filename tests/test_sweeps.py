@@ -9,30 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config import ConfigError
-from harness.sweep import load_sweep
+from harness.trial.config import ConfigError
+from harness.sweep.load import load_sweep
 
 from ray_helpers import BIN, free_port, kill_all, processes_of, run, short_temp_dir, ray_env, start_two_node_cluster
+from sweep_helpers import TINY_BASE, long_trial_base, trial_runs, write_sweep
 
 SWEEPS = Path(__file__).parent.parent / "sweeps"
-TINY_BASE = {
-    "dataset": {"name": "digits"},
-    "model": {"latent_dims": [3], "n_clusters": [10], "hidden_sizes": [32]},
-    "training": {"epochs_per_step": [2], "batch_size": 256, "threads": 1},
-}
-
-
-def long_trial_base(epochs: int) -> dict:
-    """TINY_BASE made slow enough (256 hidden units, batch 64) that a test can kill it mid-run."""
-    return {**TINY_BASE, "model": {**TINY_BASE["model"], "hidden_sizes": [256]},
-            "training": {**TINY_BASE["training"], "epochs_per_step": [epochs], "batch_size": 64}}
-
-
-def write_sweep(path: Path, **fields) -> Path:
-    path.write_text(yaml.safe_dump({"name": "t", "base": TINY_BASE, **fields}))
-    return path
-
-
 # -- validation, no Ray ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SWEEPS.glob("*.yaml")))
@@ -105,7 +88,7 @@ def test_dry_run_prints_trials_without_ray(tmp_path, capsys):
 
 
 def test_search_space_checked_at_every_choice_and_both_bounds(tmp_path):
-    from harness.sweep import search_candidates
+    from harness.sweep.expand import search_candidates
 
     space = {"model.covariance": {"type": "categorical", "choices": ["diagonal", "full", "ful"]},
              "model.n_clusters.0": {"type": "int", "low": 5, "high": 5000, "step": 10},
@@ -230,7 +213,7 @@ def test_validation_and_agreement_objectives_need_what_they_are_computed_from(tm
 
 
 def test_where_a_sweep_goes_is_checked_without_creating_anything(tmp_path):
-    from harness.sweep_checks import SweepError, check_before_start
+    from harness.sweep.checks import SweepError, check_before_start
 
     sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0]}))
     (tmp_path / "a-file").write_text("x")
@@ -261,7 +244,7 @@ def _fake_experiment(root: Path) -> Path:
 def test_resume_refuses_state_that_others_could_write(tmp_path):
     import os
 
-    from harness.sweep_checks import SweepError, check_before_start
+    from harness.sweep.checks import SweepError, check_before_start
 
     sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0]}))
     experiment = _fake_experiment(tmp_path)
@@ -284,11 +267,11 @@ def test_resume_refuses_state_that_others_could_write(tmp_path):
 def test_progress_lines_count_trials_and_estimate_the_rest(monkeypatch, capsys):
     from types import SimpleNamespace
 
-    import harness.tune_runner as runner
+    import harness.sweep.tune.progress as runner
 
     clock = [1000.0]
     monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
-    printer = runner._event_printer(total=5)
+    printer = runner.event_printer(total=5)
     printer.setup()
 
     def trial(i, status):
@@ -320,16 +303,10 @@ def test_progress_lines_count_trials_and_estimate_the_rest(monkeypatch, capsys):
 
 # -- real Ray -------------------------------------------------------------------------------------
 
-def trial_runs(experiment: Path) -> list[dict]:
-    rows = []
-    for result in sorted(experiment.glob("trial_*/runs/seed*/result.json")):
-        meta = json.loads((result.parents[2] / "mfcbench-trial.json").read_text())
-        rows.append({**json.loads(result.read_text()), **meta, "dir": result.parent})
-    return rows
-
-
 def test_resources_no_node_has_fail_before_any_trial(tmp_path, local_ray, capsys):
-    from harness.tune_runner import SweepError, check_cluster_fits, run_sweep
+    from harness.sweep.checks import SweepError
+    from harness.sweep.tune.driver import run_sweep
+    from harness.sweep.tune.session import check_cluster_fits
 
     for resources, asked in [({"cpu": 1, "gpu": 4}, "1 CPU and 4 GPU"), ({"cpu": 3}, "3 CPU and 0 GPU")]:
         sweep, trials = load_sweep(write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0]},
@@ -391,7 +368,7 @@ def test_mlflow_tracker_logs_every_trial(tmp_path, local_ray):
     pytest.importorskip("mlflow", reason="MLflow is not installed: pip install 'mfcbench[mlflow]'")
     from mlflow.tracking import MlflowClient
 
-    from harness.tune_runner import mlflow_tracking_uri, run_sweep
+    from harness.sweep.tune.driver import mlflow_tracking_uri, run_sweep
 
     sweep, trials = load_sweep(write_sweep(tmp_path / "m.yaml", grid={"training.seed": [0, 1]}))
     results = run_sweep(sweep, trials, tmp_path / "results", tracker="mlflow")
@@ -412,7 +389,7 @@ def test_mlflow_tracker_logs_every_trial(tmp_path, local_ray):
 
 @pytest.mark.slow
 def test_grid_sweep_with_a_failing_trial(tmp_path, local_ray):
-    from harness.tune_runner import run_sweep
+    from harness.sweep.tune.driver import run_sweep
 
     path = write_sweep(tmp_path / "grid.yaml", variants={"ok": {}, "bad": {"training.lr": 1e12,
                                                                            "training.epochs_per_step": [3]}},
@@ -440,7 +417,7 @@ def test_grid_sweep_with_a_failing_trial(tmp_path, local_ray):
 def test_optuna_search_concurrent_multi_objective(tmp_path, local_ray):
     import optuna
 
-    from harness.tune_runner import run_sweep
+    from harness.sweep.tune.driver import run_sweep
 
     path = write_sweep(tmp_path / "search.yaml", max_concurrent=2, search={
         "space": {"model.latent_dims.0": {"type": "int", "low": 2, "high": 6},

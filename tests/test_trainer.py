@@ -7,9 +7,11 @@ import torch
 
 from harness.agreement import read_assignments, suggestion_agreement
 from harness.cli import main
-from harness.config import (DEFAULT_OPTIMISER_STEPS, DEFAULT_PRETRAIN_STEPS, MIN_EPOCHS_PER_STEP, ConfigError,
-                            TrialConfig, batches_per_epoch, load_trial_config, read_run_config)
-from harness.trainer import Schedule, TrialFailed, run_trial
+from harness.trial.config import DEFAULT_OPTIMISER_STEPS, DEFAULT_PRETRAIN_STEPS, MIN_EPOCHS_PER_STEP, ConfigError, TrialConfig, batches_per_epoch
+from harness.trial.config_io import load_trial_config, read_run_config
+from harness.trial.schedule import Schedule
+from harness.trial.errors import TrialFailed
+from harness.trial.single import run_trial
 
 QUIET = dict(log=lambda s: None)
 
@@ -99,7 +101,7 @@ def test_training_never_sees_validation_or_test_images(tmp_path, monkeypatch):
     """Validation and test images are NaN: a training loss or prior init that read one would be NaN (and
     the GMM would refuse them). Every batch the model trains on is a row of the training set."""
     import harness.data
-    import harness.trainer
+    import harness.trial.setup
     from models.mfcvae import MFCVAE
 
     loaded = []
@@ -119,7 +121,7 @@ def test_training_never_sees_validation_or_test_images(tmp_path, monkeypatch):
             trained_on.append(x.detach().cpu())  # off the GPU when the test runs on CUDA
         return original_loss_terms(self, x, *args, **kwargs)
 
-    monkeypatch.setattr(harness.trainer, "load_dataset", poisoned)
+    monkeypatch.setattr(harness.trial.setup, "load_dataset", poisoned)
     monkeypatch.setattr(MFCVAE, "loss_terms", recording_loss_terms)
     for seed in (0, 1):
         cfg = small_config(model={"init": "data"}, training={"seed": seed, "epochs_per_step": [1, 1]})
@@ -446,11 +448,11 @@ def test_resume_of_a_run_from_before_the_validation_split_keeps_training_on_all_
 
 
 def test_sweep_trial_resumes_with_the_runs_own_config(tmp_path):
-    """harness.tune_trial: a run folder with a checkpoint continues with its config.yaml (a legacy one
+    """harness.sweep.tune.worker: a run folder with a checkpoint continues with its config.yaml (a legacy one
     read as validation_fraction 0); only RESUME_SAFE_KEYS come from what Tune passes now."""
     import yaml
 
-    from harness.tune_trial import config_to_resume
+    from harness.sweep.tune.worker import config_to_resume
 
     written = small_config(dataset={"validation_fraction": 0}).model_dump(mode="json")
     del written["dataset"]["validation_fraction"]
@@ -468,7 +470,7 @@ def test_a_sweep_started_before_validation_splits_keeps_training_on_all_images()
     """Grid trials recorded by an older experiment (and the base its pickled searcher holds) lack
     dataset.validation_fraction: their not-yet-started seeds train as the experiment began, on the
     whole training set, so one variant never mixes seeds trained on different data."""
-    from harness.tune_trial import _what_to_train
+    from harness.sweep.tune.worker import _what_to_train
 
     recorded = small_config().model_dump(mode="json")
     del recorded["dataset"]["validation_fraction"]
@@ -487,7 +489,7 @@ def test_configs_from_before_the_data_init_fix_keep_unit_scale():
     """model.data_init_scale arrived with issue 11's fix (0.1, the authors' init scale). A run folder's
     config.yaml or a recorded sweep trial without it was initialised at 1.0: read back, it keeps 1.0,
     so a resumed experiment never mixes seeds initialised differently; new configs get 0.1."""
-    from harness.config import with_legacy_defaults
+    from harness.compat import with_legacy_defaults
 
     written = small_config(model={"init": "data"}).model_dump(mode="json")
     assert written["model"]["data_init_scale"] == 0.1

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .catalog import CATALOG, DatasetError, DatasetShape, check_dataset_name, dataset_shape, dataset_status
+from .catalog import (
+    CATALOG,
+    DatasetError,
+    DatasetShape,
+    check_dataset_name,
+    dataset_shape,
+    dataset_status,
+)
 
 __all__ = ["CATALOG", "Dataset", "DatasetError", "DatasetShape", "batches", "check_dataset_name", "dataset_shape",
            "dataset_status", "load_dataset"]

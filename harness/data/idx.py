@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from .base import Dataset, labels, suggest_likelihood, uint8_to_unit
-from .catalog import DEBIAN_FASHION_MNIST, IDX_FILES, DatasetError, fashion_mnist_folders, find_idx_files
+from .catalog import (
+    DEBIAN_FASHION_MNIST,
+    IDX_FILES,
+    DatasetError,
+    fashion_mnist_folders,
+    find_idx_files,
+)
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -12,7 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import Dataset, DatasetError, as_images, labels, seeded_split, suggest_likelihood, to_unit_float
+from .base import (
+    Dataset,
+    DatasetError,
+    as_images,
+    labels,
+    seeded_split,
+    suggest_likelihood,
+    to_unit_float,
+)
 
 
 def _checked_images(arrays, key: str) -> np.ndarray:

@@ -1,7 +1,7 @@
 """training.precision: fp32, or the networks' forward under autocast (bf16; fp16 with loss scaling).
 
-One `Precision` per run, shared by the single-run trainer (harness.trainer) and packed seeds
-(harness.packed):
+One `Precision` per run, shared by the single-run trainer (harness.trial.single) and packed seeds
+(harness.trial.packed):
 
     precision = Precision(config.training.precision, device)
     with precision.autocast():
@@ -20,7 +20,7 @@ is cpu and before anything is written where `auto` resolves to the CPU). Its Gra
 checkpointed (`grad_scaler`) and restored on resume. Packed seeds share one scaler: a step in which
 any seed's gradients overflow is skipped for every seed of the pack, and the scale is the pack's.
 So that one diverging seed cannot drive the shared scale to 0, an fp16 pack checks each seed's
-loss every step and drops a seed whose loss is non-finite at once (harness.packed); a seed with
+loss every step and drops a seed whose loss is non-finite at once (harness.trial.packed); a seed with
 finite loss but overflowing gradients still skips the step for all.
 
 bf16 on a CPU runs, but only CPUs with bf16 instructions (avx512_bf16 or AMX on x86, BF16 on Arm)
@@ -39,7 +39,7 @@ from typing import Optional
 
 import torch
 
-from .config import PRECISIONS, ConfigError, fp16_on_cpu_message
+from harness.trial.config import PRECISIONS, ConfigError, fp16_on_cpu_message
 
 __all__ = ["PRECISIONS", "Precision", "PrecisionError", "check_precision", "cpu_has_bf16_instructions",
            "refuse_before_writing"]

@@ -6,7 +6,7 @@ locking is unreliable). One suggestion (`study.ask()`) with `search.replicates` 
 trials that run in parallel, seeds base seed + 0..R-1; with the sweep's `pack` P > 1, ceil(R / P)
 packed Tune trials of near-equal size (P >= R: one trial per suggestion carrying all R seeds as
 training.seeds), whose final report gives each seed's status and objectives as `seed<s>/...`
-(harness.tune_trial), so each seed counts below as if it had been a trial of its own; the seed
+(harness.sweep.tune.worker), so each seed counts below as if it had been a trial of its own; the seed
 agreement reads the same `trial_<id>/runs/seed<s>` folders. When all R seeds have ended the study is told:
   COMPLETE  the mean objective over the seeds that finished, when at least half of them finished;
             a seed agreement objective (val/agreement, val/agreement/facet<j>) is not in any trial's
@@ -29,14 +29,21 @@ from pathlib import Path
 
 from ray.tune.search import Searcher
 
-from .agreement import suggestion_agreement
-from .config import TrialConfig, with_legacy_defaults
-from .layout import with_legacy_run_defaults
-from .layout import JOURNAL_FILE, STOPPED_EARLY_FILE, run_folder
-from .sweep import SEED_KEY, SEEDS_KEY, SweepConfig, is_agreement_metric, max_total_epochs, replicate_groups, \
-    resolved_base, search_pack, with_overrides
-from .tune_trial import STATUS, reported_status, seed_key
-
+from harness.agreement import suggestion_agreement
+from harness.compat import with_legacy_defaults, with_legacy_run_defaults
+from harness.layout import JOURNAL_FILE, STOPPED_EARLY_FILE, run_folder
+from harness.sweep.expand import (
+    SEED_KEY,
+    SEEDS_KEY,
+    max_total_epochs,
+    replicate_groups,
+    search_pack,
+)
+from harness.sweep.metric_names import is_agreement_metric
+from harness.sweep.overrides import resolved_base, with_overrides
+from harness.sweep.spec import SweepConfig
+from harness.sweep.tune.protocol import STATUS, reported_status, seed_key
+from harness.trial.config import TrialConfig
 
 
 def open_study(sweep: SweepConfig, experiment_dir: Path):
@@ -134,7 +141,7 @@ class ReplicatedOptunaSearch(Searcher):
         # data lacks this flag: its suggestions keep the defaults its first seeds trained with.
         self.resolves_defaults = True
         self._study = None
-        # Seeds per Tune trial (`pack`, harness.sweep.search_pack). A searcher pickled before packing
+        # Seeds per Tune trial (`pack`, harness.sweep.expand.search_pack). A searcher pickled before packing
         # existed lacks it: one seed per trial (seeds_per_trial).
         self.pack = search_pack(sweep)
         # Suggestions whose seeds are not all handed out yet: [optuna number, params, next replicate].

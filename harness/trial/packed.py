@@ -1,6 +1,6 @@
 """Packed seeds: the seeds of `training.seeds` trained together in one process as one stacked model
 (models.packed), written as one ordinary run folder per seed, `OUT/seed<s>`, in exactly the format
-of a single run (harness.trainer), so reports and `mfcbench train --out OUT/seed<s> --resume` read
+of a single run (harness.trial.single), so reports and `mfcbench train --out OUT/seed<s> --resume` read
 them as they are.
 
 Each seed is what its single run would be, in the RNG sense:
@@ -13,19 +13,19 @@ Each seed is what its single run would be, in the RNG sense:
   `torch.Generator().manual_seed(seed)` through harness.data.batches, as in a single run;
 - one Adam (same lr) over the stacked parameters: Adam is elementwise, so this is S Adams;
 - the fade-in schedule (alphas) is the same for every seed; evaluation loads seed i's slice into a
-  plain model and calls harness.trainer.evaluate, as a single run evaluates.
+  plain model and evaluates it as a single run does (harness.trial.run.SeedRun).
 So per-seed losses match single runs up to float rounding (batched matmuls sum in another order).
 
 A seed whose epoch loss is non-finite (checked once per epoch, as a single run does: one host sync)
 gets the single run's failure record in its own result.json and leaves the pack (its parameters,
 buffers, Adam state, noise and data-order generators); the others go on. So does a seed whose
-reporter raises SeedFailed after one of its evaluations (harness.tune_trial: a required metric not
-finite), as a single run's reporter fails that run; its evaluation stays written. If every seed
+reporter raises SeedFailed after one of its evaluations (harness.sweep.tune.worker: a required
+metric not finite), as a single run's reporter fails that run; its evaluation stays written. If every seed
 fails, TrialFailed. result.json of each seed adds `packed_with` (the pack's seeds); its
 `train_time_s` is the pack's training time (every seed trained during all of it), so its
 `samples_per_s` is per seed and the pack's throughput is the sum over its seeds.
 
-training.precision applies to the pack as to a single run (harness.precision: the vmapped networks
+training.precision applies to the pack as to a single run (harness.trial.precision: the vmapped networks
 under autocast, the ELBO in fp32). Under fp16 the pack shares one GradScaler, so a step in which one
 seed's gradients overflow is skipped for all of them; a seed whose loss itself is non-finite would
 overflow every step from then on (every step skipped, the scale halved to 0, NaN written into the
@@ -43,12 +43,19 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from harness.data import batches
+from harness.trial.config import TrialConfig
+from harness.trial.errors import (
+    SeedFailed,
+    TrialFailed,
+    failure_message,
+    non_finite_message,
+)
+from harness.trial.precision import Precision
+from harness.trial.run import Reporter, SeedRun
+from harness.trial.run_folder import RunFolder
+from harness.trial.single import progress_bar, start_trial
 from models import packed as pk
-
-from .config import TrialConfig, dump
-from .data import batches
-from .precision import Precision, refuse_before_writing
-from .trainer import Reporter, Trial, TrialFailed, _failure_message, non_finite_message, progress_bar
 
 
 def seed_folder(out_dir: str | Path, seed: int) -> Path:
@@ -61,15 +68,14 @@ class PackedTrial:
     def __init__(self, config: TrialConfig, out_dir: str | Path, reporter: Optional[Reporter] = None,
                  log: Callable[[str], None] = print, progress: bool = False):
         if not config.packed:
-            raise ValueError("PackedTrial needs training.seeds; a single seed trains with harness.trainer.run_trial")
+            raise ValueError("PackedTrial needs training.seeds; a single seed trains with harness.trial.single.run_trial")
         if not config.trains:
             raise ValueError(f"{config.model.name} is not trained by gradient steps; it cannot be packed")
         self.config, self.out_dir, self.log, self.progress = config, Path(out_dir), log, progress
         self.seeds = list(config.training.seeds)
-        self.trials = [Trial(single, seed_folder(out_dir, seed), reporter=reporter, progress=False,
+        self.runs = [SeedRun(single, RunFolder(seed_folder(out_dir, seed)), reporter,
                              log=lambda line, seed=seed: log(f"[seed{seed}] {line}"))
-                       for seed, single in zip(self.seeds, config.unpacked())]
-        self.states = [{"train_time": 0.0, "eval_time": 0.0, "samples": 0, "likelihood": None} for _ in self.seeds]
+                     for seed, single in zip(self.seeds, config.unpacked())]
         self.active: list[int] = []  # indices into self.seeds of the seeds still training, in pack order
         self.device: Optional[torch.device] = None
 
@@ -79,31 +85,27 @@ class PackedTrial:
 
     def run(self) -> dict[int, dict]:
         """Train; returns seed -> the contents of its result.json (completed or failed)."""
-        torch.distributions.Distribution.set_default_validate_args(False)
-        refuse_before_writing(self.config.training.precision, self.config.training.device)  # fp16 on a CPU
-        started = time.time()
-        for trial in self.trials:
-            trial.run_dir.mkdir(parents=True, exist_ok=True)
-            (trial.run_dir / "config.yaml").write_text(dump(trial.config))
+        started = start_trial(self.config)
+        for run in self.runs:
+            run.folder.start(run.config)
         results: dict[int, dict] = {}
         self.active = list(range(len(self.seeds)))
         try:
             finals = self._train(started, results)
         except Exception as error:  # anywhere: data, model, device, a reporter: every seed still training fails
-            message = _failure_message(error)
+            message = failure_message(error)
             for i in self.active:
-                results[self.seeds[i]] = self.trials[i]._write_result("failed", self.states[i], self.device, started,
-                                                                      error=message, extra=self._extra)
+                results[self.seeds[i]] = self.runs[i].finish("failed", self.device, started, error=message,
+                                                             extra=self._extra)
             if isinstance(error, TrialFailed):
                 raise
             raise TrialFailed(message) from error
         finally:
-            for trial in self.trials:
-                if trial.tensorboard is not None:
-                    trial.tensorboard.close()
+            for run in self.runs:
+                run.folder.close()
         for i, final in zip(self.active, finals):
-            results[self.seeds[i]] = self.trials[i]._write_result("completed", self.states[i], self.device, started,
-                                                                  final=final, extra=self._extra)
+            results[self.seeds[i]] = self.runs[i].finish("completed", self.device, started, final=final,
+                                                         extra=self._extra)
         return {seed: results[seed] for seed in self.seeds}
 
     # ---------------------------------------------------------------------------------------------
@@ -111,11 +113,11 @@ class PackedTrial:
         """Per seed, as a single run: seed, build, prepare; then its RNG streams. Data loaded once."""
         tc = self.config.training
         setups, noise, cpu_states, data = [], [], [], None
-        for i, trial in enumerate(self.trials):
-            setup = trial._set_up(self.states[i], data=data)  # torch.manual_seed(seed), then build_model
+        for run in self.runs:
+            setup = run.set_up(data=data)  # torch.manual_seed(seed), then build_model
             data, self.device = setup.data, setup.device
-            trial.metrics_path.unlink(missing_ok=True)
-            setup.model.prepare(data.x_train, trial.config.training.seed, tc.batch_size, tc.lr, log=trial.log)
+            run.folder.restart_metrics()
+            setup.model.prepare(data.x_train, run.config.training.seed, tc.batch_size, tc.lr, log=run.log)
             setup.model.train()
             cpu_states.append(torch.get_rng_state())
             if self.device.type == "cpu":
@@ -167,16 +169,16 @@ class PackedTrial:
                         if not all(finite):  # no backward, the scaler untouched: this batch trains no seed
                             failed = [k for k, ok in enumerate(finite) if not ok]
                             for k in failed:
-                                self.states[self.active[k]]["train_time"] += time.time() - t
-                                self.states[self.active[k]]["samples"] += seen
+                                self.runs[self.active[k]].timing.train_time += time.time() - t
+                                self.runs[self.active[k]].timing.samples += seen
                             self._leave(pack, {k: non_finite_message(epoch, step) for k in failed}, started, results)
                             continue
                     precision.step(losses.sum(), pack.optimiser)
                 pack.batches = []
                 elapsed = time.time() - t
                 for i in self.active:
-                    self.states[i]["train_time"] += elapsed
-                    self.states[i]["samples"] += n_train
+                    self.runs[i].timing.train_time += elapsed
+                    self.runs[i].timing.samples += n_train
                 finite = pk.finite_per_seed(pack.epoch_loss)  # one host sync per epoch, as a single run
                 if not all(finite):
                     self._leave(pack, {k: non_finite_message(epoch, step) for k, ok in enumerate(finite) if not ok},
@@ -190,7 +192,7 @@ class PackedTrial:
 
     def _evaluate(self, pack: _Pack, template, data, schedule, precision: Precision, epoch: int, step: int,
                   eta: float, started: float, results: dict[int, dict]) -> None:
-        """Each seed's evaluation and checkpoint as its single run's (harness.trainer.record_evaluation);
+        """Each seed's evaluation and checkpoint as its single run's (SeedRun.record_evaluation);
         a seed whose reporter raised SeedFailed leaves the pack afterwards with that failure record."""
         per_batch = [loss / schedule.batches_per_epoch for loss in pk.values_per_seed(pack.epoch_loss)]
         optimiser_state = pack.optimiser.state_dict()
@@ -200,8 +202,8 @@ class PackedTrial:
             snapshot = self._snapshot(template, optimiser_state, k, pack.noise[k], pack.data_order[k],
                                       pack.cpu_states[k], precision)
             try:
-                pack.last[k] = self.trials[i].record_evaluation(template, data, schedule, epoch, step, per_batch[k],
-                                                                self.states[i], eta, snapshot)
+                pack.last[k] = self.runs[i].record_evaluation(template, data, schedule, epoch, step, per_batch[k],
+                                                              eta, snapshot)
             except SeedFailed as failure:  # its evaluation is written, as a single run's would be
                 failures[k] = str(failure)
         template.train()
@@ -214,8 +216,8 @@ class PackedTrial:
         survivors = [k for k in range(len(self.active)) if k not in failures]
         for k, message in failures.items():
             i = self.active[k]
-            results[self.seeds[i]] = self.trials[i]._write_result("failed", self.states[i], self.device, started,
-                                                                  error=message, extra=self._extra)
+            results[self.seeds[i]] = self.runs[i].finish("failed", self.device, started, error=message,
+                                                         extra=self._extra)
             self.log(f"[seed{self.seeds[i]}] {message}; {len(survivors)} seeds go on")
         failed = [self.seeds[self.active[k]] for k in failures]
         self.active = [self.active[k] for k in survivors]
@@ -247,12 +249,6 @@ class PackedTrial:
             return saved
 
         return snapshot
-
-
-class SeedFailed(TrialFailed):
-    """Raised by a reporter (harness.tune_trial's PackReports: a required metric not finite) to fail
-    the one seed whose evaluation it was given: in a pack that seed's result.json records the failure
-    and it leaves the pack, whose other seeds go on. Outside a pack it is a TrialFailed like any other."""
 
 
 @dataclass

@@ -1,12 +1,12 @@
 """Inside a Ray worker: one Tune trial trains one seed with the single-trial trainer, or the seeds of a
-pack (training.seeds, harness.packed), into the experiment folder.
+pack (training.seeds, harness.trial.packed), into the experiment folder.
 
 What a trial trains comes in one of two shapes of Tune params:
   {"trial_index": i, ...}     grid trials: entry i of the expanded trial list, which the driver hands
                               over once through tune.with_parameters (so Tune's params, results,
                               experiment_tag and folder names stay small)
   {"grid_point": {"variant", "trial"}, "overrides": {...}, ...}
-                              a point built elsewhere (harness.search's suggestions, and grid trials of
+                              a point built elsewhere (harness.sweep.tune.searcher's suggestions, and grid trials of
                               experiments started before configs went by index): "trial" is the full
                               config, seed included; "overrides" only records what was searched
 plus "cpus" and "experiment_dir". A run folder that already has a checkpoint resumes with its own
@@ -22,7 +22,7 @@ such as bf16 on a GPU older than compute capability 8.0) ends the Tune trial nor
 nodes. No report ever holds a None or non-finite value: such keys are dropped, and a trial whose
 scheduler or search metric is non-finite fails.
 
-A packed trial (training.seeds, from a sweep's `pack`) trains its seeds with harness.packed into
+A packed trial (training.seeds, from a sweep's `pack`) trains its seeds with harness.trial.packed into
 `trial_<id>/runs/seed<s>`, the folders unpacked trials of those seeds would have. Each of its
 reports holds, under the names an unpacked trial uses, the MEAN over the pack's seeds still training
 (on its final report: over the seeds that completed) of every metric, so the scheduler (ASHA) ranks
@@ -30,13 +30,13 @@ a pack by its seeds' mean objective; and per seed `seed<s>/mfcbench_status` (run
 failed) and `seed<s>/<metric>` for the scheduler's and searcher's objectives and train_loss
 (PER_SEED_METRICS); `seeds` (e.g. "0,1,2") and `seeds_training` (how many seeds the mean is over).
 A seed that fails leaves the pack, whose other seeds go on, and ends as its unpacked trial would:
-its result.json records the failure, for a non-finite training loss (harness.packed) and for a
+its result.json records the failure, for a non-finite training loss (harness.trial.packed) and for a
 scheduler or search metric that is not finite at an evaluation (PackReports raises SeedFailed for
 that seed: "<metric> not finite at epoch <e>", as an unpacked trial's reporter raises TrialFailed;
 that evaluation stays in its metrics.jsonl). Such a seed is in no mean from then on, and counts as
 failed for a search; the trial fails only when every seed has. A packed trial that starts again
 (`--resume`, a retry after a lost actor) keeps its seeds that ended (completed or failed), and
-trains the others again from the start as one pack (harness.packed cannot resume a pack; their
+trains the others again from the start as one pack (harness.trial.packed cannot resume a pack; their
 folders are cleared first); a single seed left over resumes from its checkpoint as an unpacked
 trial does.
 """
@@ -52,24 +52,13 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import RESUME_SAFE_KEYS, TrialConfig, differences, read_run_config, with_legacy_defaults
-from .files import write_json_atomic
-from .layout import TRIAL_META, run_folder, trial_folder
-from .trial_device import trial_device
-
-STATUS = "mfcbench_status"  # the key of the result contract above
-PER_SEED_METRICS = ("train_loss",)  # reported per seed by a packed trial, besides the objectives
-
-
-def seed_key(seed: int, key: str) -> str:
-    """A packed trial's per-seed result key: `seed3/val/elbo`, `seed3/mfcbench_status`."""
-    return f"seed{seed}/{key}"
-
-
-def reported_status(result: dict | None) -> str | None:
-    """The status a trial's result reports: running, completed or failed (None: it never reported)."""
-    return (result or {}).get(STATUS)
-
+from harness.compat import with_legacy_defaults
+from harness.files import write_json_atomic
+from harness.layout import TRIAL_META, run_folder, trial_folder
+from harness.sweep.tune.protocol import PER_SEED_METRICS, STATUS, seed_key
+from harness.trial.config import TrialConfig
+from harness.trial.config_io import read_run_config, resume_config
+from harness.trial.device import trial_device
 
 
 def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "every_evaluation",
@@ -84,8 +73,9 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
     import torch
     from ray import tune
 
-    from . import trainer
-    from .precision import PrecisionError
+    from harness.trial import single as trainer
+    from harness.trial.errors import TrialFailed
+    from harness.trial.precision import PrecisionError
 
     variant, overrides, config_dict = _what_to_train(params, grid_trials)
     try:
@@ -142,7 +132,7 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
         numeric = finite_metrics(metrics)
         missing = [m for m in required_metrics if m not in numeric]
         if missing:  # raised inside the trainer, which records the failure in result.json
-            raise trainer.TrialFailed(f"{', '.join(missing)} not finite at epoch {metrics.get('epoch')}")
+            raise TrialFailed(f"{', '.join(missing)} not finite at epoch {metrics.get('epoch')}")
         if report == "every_evaluation" and 0 < metrics["epoch"] < last_epoch:
             tune.report({**numeric, **identity, STATUS: "running"})
         else:
@@ -152,7 +142,7 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
     try:
         result = trainer.run_trial(config, run_dir, resume=resume, reporter=reporter,
                                    log=lambda line: print(f"[seed {seed}] {line}", flush=True))
-    except (trainer.TrialFailed, PrecisionError) as error:  # PrecisionError: a precision this node's device
+    except (TrialFailed, PrecisionError) as error:  # PrecisionError: a precision this node's device
         # cannot run (bf16 on a GPU older than compute capability 8.0), refused before the run's first file
         tune.report({**held, **identity, STATUS: "failed", "error": str(error)})
         return
@@ -171,7 +161,7 @@ def _mean(values: list[float]) -> float:
 
 class PackReports:
     """What a packed trial reports to Tune (see the module's docstring), from its seeds' evaluations:
-    the trainer calls it once per seed and evaluation (harness.trainer's Reporter); once every seed
+    the trainer calls it once per seed and evaluation (harness.trial.run.Reporter); once every seed
     still training (`training()`, set by the caller) has evaluated an epoch, one report goes out."""
 
     def __init__(self, seeds: Sequence[int], required_metrics: Sequence[str], report: str, last_epoch: int,
@@ -186,14 +176,14 @@ class PackReports:
         self.held: dict = {}  # the last evaluation's report, sent once the run has ended
 
     def __call__(self, metrics: dict, run_dir: Path) -> None:
-        from .packed import SeedFailed
+        from harness.trial.errors import SeedFailed
 
         seed, epoch = int(Path(run_dir).name.removeprefix("seed")), metrics.get("epoch", 0)
         numeric = finite_metrics(metrics)
         missing = [m for m in self.required if m not in numeric]
         self.pending.setdefault(epoch, {})[seed] = numeric
         if missing:
-            self.ended[seed] = "failed"  # it leaves the pack: harness.packed records the failure and drops it
+            self.ended[seed] = "failed"  # it leaves the pack: harness.trial.packed records the failure and drops it
         self._report_when_evaluated(epoch)
         if missing:  # raised inside the trainer: in a pack this seed fails alone, as an unpacked trial would
             raise SeedFailed(f"{', '.join(missing)} not finite at epoch {epoch}")
@@ -245,10 +235,11 @@ def train_packed(config: TrialConfig, trial_dir: Path, overrides: dict, trial_in
                  send: Callable[[dict], None], report: str = "every_evaluation",
                  required_metrics: Sequence[str] = ()) -> None:
     """A packed trial (what `trainable` runs for a config with training.seeds; no Ray needed): its seeds
-    into trial_dir/runs/seed<s> (harness.packed), each report given to `send` (tune.report) as
+    into trial_dir/runs/seed<s> (harness.trial.packed), each report given to `send` (tune.report) as
     PackReports makes it. `identity`: variant, seeds, node_id, host and pid, added to every report."""
-    from . import trainer
-    from .packed import PackedTrial, seed_folder
+    from harness.trial import single as trainer
+    from harness.trial.errors import TrialFailed
+    from harness.trial.packed import PackedTrial, seed_folder
 
     seeds, runs = list(config.training.seeds), trial_dir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -285,7 +276,7 @@ def train_packed(config: TrialConfig, trial_dir: Path, overrides: dict, trial_in
             if resume:
                 single = config_to_resume(run_dir, single, log=log)
             results[seed] = trainer.run_trial(single, run_dir, resume=resume, reporter=reports, log=log)
-    except (trainer.TrialFailed, ValueError) as failure:  # ValueError: a seed's config.yaml that cannot be read
+    except (TrialFailed, ValueError) as failure:  # ValueError: a seed's config.yaml that cannot be read
         error = str(failure)
         for seed in todo:
             path = seed_folder(runs, seed) / "result.json"
@@ -299,14 +290,7 @@ def config_to_resume(run_dir: Path, requested: TrialConfig, log=print) -> TrialC
     values of RESUME_SAFE_KEYS (device, threads, data_root, ...) from `requested`, the config Tune
     passes now. A sweep started before a key existed (or whose defaults changed since) thus resumes
     its runs as they began, e.g. on the training set without a validation split."""
-    recorded = read_run_config(run_dir)
-    data = recorded.model_dump(mode="json")
-    now = requested.model_dump(mode="json")
-    for key in RESUME_SAFE_KEYS:
-        section, name = key.split(".")
-        data[section][name] = now[section][name]
-    config = TrialConfig.model_validate(data)
-    kept = differences(config, requested)
+    config, kept = resume_config(read_run_config(run_dir), requested)
     if kept:
         log(f"resuming {run_dir} with its own config.yaml, which differs from the sweep's in "
             + ", ".join(f"{k} (run {old!r}, sweep {new!r})" for k, (old, new) in kept.items()))

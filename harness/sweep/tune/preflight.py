@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from .sweep_checks import SweepError
+from harness.sweep.checks import SweepError
 
 PROBE_PREFIX = ".mfcbench-preflight-"
 # A node whose task has not answered by then is named as unreachable; a healthy node answers in

@@ -1,5 +1,5 @@
 """Checks of a sweep that need no Ray, shared by `mfcbench sweep` and `--dry-run`: the sweep file
-(harness.sweep.load_sweep), then where it would run (storage, name, resume state, another driver's
+(harness.sweep.load.load_sweep), then where it would run (storage, name, resume state, another driver's
 lock, tracker); and the driver lock itself (driver_lock)."""
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .layout import LOCK_FILE
-from .paths import folder_problem
-from .sweep import REMOTE_STORAGE, SweepConfig, describe, experiment_name_problem, load_sweep
+from harness.layout import LOCK_FILE
+from harness.paths import folder_problem
+from harness.sweep.describe import describe
+from harness.sweep.load import load_sweep
+from harness.sweep.overrides import REMOTE_STORAGE
+from harness.sweep.spec import SweepConfig, experiment_name_problem
 
 
 class SweepError(RuntimeError):
@@ -48,7 +51,7 @@ class SweepPlan:
 def plan_sweep(file: str | Path, storage: str | None = None, name: str | None = None, resume: bool = False,
                retry_errored: bool = False, trust_experiment_dir: bool = False,
                tracker: str | None = None) -> SweepPlan:
-    """Every check of a sweep that needs no Ray: the file (harness.sweep.load_sweep), then where it would
+    """Every check of a sweep that needs no Ray: the file (harness.sweep.load.load_sweep), then where it would
     run (check_before_start). Raises ConfigError or SweepError; creates and changes nothing."""
     sweep, trials = load_sweep(file)
     experiment_dir = check_before_start(sweep, storage or sweep.storage, name, resume, retry_errored,

@@ -1,0 +1,224 @@
+"""Running a sweep on Ray Tune, on the driver: Ray start-up, the searcher and scheduler, progress lines.
+
+The trial itself is harness.sweep.tune.worker.trainable; checks that need no Ray are in harness.sweep.checks.
+
+The experiment folder it writes is described in harness.layout.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.compat import install_legacy_modules
+from harness.files import write_json_atomic
+from harness.layout import GRID_TRIALS_FILE, MLFLOW_FILE, SWEEP_FILE
+from harness.sweep.checks import check_before_start, driver_lock
+from harness.sweep.expand import (
+    effective_max_concurrent,
+    pack_grid,
+    trials_per_suggestion,
+)
+from harness.sweep.load import data_paths, reported_objectives
+from harness.sweep.overrides import resolved_base
+from harness.sweep.spec import SweepConfig
+from harness.sweep.tune.preflight import preflight
+from harness.sweep.tune.progress import event_printer
+from harness.sweep.tune.session import check_cluster_fits, no_colour_unless_terminal, start_ray
+
+
+def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name: str | None = None,
+              address: str | None = None, resume: bool = False, retry_errored: bool = False,
+              source_text: str = "", ray_temp_dir: str | None = None, verbose: int = 0,
+              allow_pending: bool = False, trust_experiment_dir: bool = False, tracker: str | None = None):
+    """Run (or resume) a validated sweep; returns Tune's ResultGrid.
+
+    verbose 0: mfcbench's own lines only (trial events, progress with ETA); 1 and 2: Ray Tune's
+    status tables and result tables too (RunConfig.verbose), with the workers' output and Ray's
+    INFO logs. Raises SweepError, before any trial starts, for everything check_before_start and
+    check_cluster_fits find.
+    """
+    no_colour_unless_terminal()
+    from ray import tune
+
+    from harness.sweep.tune.searcher import (
+        ReplicatedOptunaSearch,
+        asha_scheduler,
+        stopped_early_marker,
+    )
+    from harness.sweep.tune.worker import (
+        trainable,  # handed to Tune, which runs it in the workers
+    )
+
+    experiment_dir = check_before_start(sweep, storage, name, resume, retry_errored, trust_experiment_dir, tracker)
+    storage, name = experiment_dir.parent, experiment_dir.name
+    # A resume trains what the first run recorded, whatever the sweep file expands to now (its `pack` too).
+    grid_trials = []
+    if sweep.search is None:
+        grid_trials = _recorded_grid_trials(experiment_dir) if resume else pack_grid(trials, sweep.pack).trials
+    run_trainable = tune.with_resources(
+        tune.with_parameters(trainable, grid_trials=grid_trials, report=sweep.report,
+                             required_metrics=reported_objectives(sweep)),
+        {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
+    if sweep.search is None:
+        total = len(grid_trials or trials)
+    else:
+        total = sweep.search.num_samples * trials_per_suggestion(sweep)
+    with _owner_only_writes(), _ray_output(verbose), _tune_settings(sweep.ray_loggers), ExitStack() as held:
+        start_ray(address, temp_dir=ray_temp_dir, quiet=verbose == 0)
+        check_cluster_fits(sweep.resources.cpu, sweep.resources.gpu, allow_pending)
+        # Released when run_sweep returns or raises (Ctrl-C included).
+        held.enter_context(driver_lock(experiment_dir))
+        # Again, now that no other driver can start or finish here: the folder may have changed since
+        check_before_start(sweep, storage, name, resume, retry_errored, trust_experiment_dir, tracker)
+        # On --resume, the data the experiment was started with (its recorded grid trials, if any).
+        nodes, seconds = preflight(experiment_dir, data_paths(sweep, grid_trials or trials))
+        print(f"preflight: {nodes} node(s) can write {experiment_dir} and see the data ({seconds:.2f} s)",
+              flush=True)
+        callbacks = [event_printer(total, verbose, grid_trials)]
+        if sweep.scheduler:
+            callbacks.append(stopped_early_marker())
+        if resume:
+            # resume_errored keeps an errored trial's id, so it continues in its own run folder
+            # (restart_errored would start it from scratch under a new id and folder).
+            install_legacy_modules()  # tuner.pkl of an experiment an older mfcbench started
+            tuner = tune.Tuner.restore(str(experiment_dir), trainable=run_trainable, resume_unfinished=True,
+                                       resume_errored=retry_errored, restart_errored=False)
+            if tracker == "mlflow":
+                callbacks.append(_mlflow_callback(experiment_dir, verbose))
+            # tuner.pkl holds the first run's RunConfig, callbacks and verbosity included: this
+            # run's flags (-v, --tracker) and a fresh progress count replace them.
+            local = getattr(tuner, "_local_tuner", None)
+            if local is not None:
+                run_config = local.get_run_config()
+                run_config.callbacks, run_config.verbose = callbacks, verbose
+            return tuner.fit()
+
+        experiment_dir.mkdir(parents=True, exist_ok=True)
+        (experiment_dir / SWEEP_FILE).write_text(
+            source_text + "\n# --- expanded by mfcbench ---\n"
+            # The base as run: every default filled in and every path absolute, as are the overrides.
+            + yaml.safe_dump({"resolved_base": resolved_base(sweep.base),
+                              "trials": [{"variant": t["variant"], "overrides": t["overrides"]}
+                                         for t in grid_trials or trials]}))
+        if sweep.search is None:
+            write_json_atomic(experiment_dir / GRID_TRIALS_FILE, grid_trials, indent=None)
+        if tracker == "mlflow":
+            callbacks.append(_mlflow_callback(experiment_dir, verbose))
+        search_alg, num_samples = None, 1
+        param_space: dict[str, Any] = {"cpus": sweep.resources.cpu, "experiment_dir": str(experiment_dir)}
+        if sweep.search is None:
+            param_space["trial_index"] = tune.grid_search(list(range(len(grid_trials))))
+        else:
+            search_alg = ReplicatedOptunaSearch(sweep, experiment_dir)
+            # Tune trials: one per seed, or per pack of a suggestion's seeds
+            num_samples = sweep.search.num_samples * trials_per_suggestion(search_alg.sweep)
+        scheduler = asha_scheduler(sweep, trials) if sweep.scheduler else None
+        tuner = tune.Tuner(
+            run_trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                                        # the one concurrency limit (Tune wraps a Searcher in a ConcurrencyLimiter)
+                                        max_concurrent_trials=effective_max_concurrent(sweep) or None,
+                                        reuse_actors=True,
+                                        trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage),
+                                      # Spent on lost actors and nodes only: the worker ends a trial
+                                      # that fails on its own (non-finite loss) as "failed", normally.
+                                      failure_config=tune.FailureConfig(max_failures=sweep.retries),
+                                      callbacks=callbacks, verbose=verbose))
+        return tuner.fit()
+
+
+def _recorded_grid_trials(experiment_dir: Path) -> list[dict]:
+    """The grid trials the experiment was started with; none for an experiment from before configs
+    went by index (its Tune params hold each trial's whole config)."""
+    path = experiment_dir / GRID_TRIALS_FILE
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+@contextmanager
+def _tune_settings(ray_loggers: bool):
+    """Tune's automatic JSON/CSV/TensorBoard loggers only when asked for: they write every result of
+    every trial a second time (run folders have metrics.jsonl and tensorboard/). Strict metric
+    checking off: a trial's "failed" report has no objective values (the worker drops non-finite ones),
+    and Tune would otherwise stop the whole run on it; ASHA ignores a result without its metric.
+    A user's own setting of either variable wins. Without the loggers, the ResultGrid that Tune builds
+    at the end warns once per trial that it found no result.json/progress.csv (its metrics come
+    from the driver's memory all the same): that warning is dropped."""
+    import logging
+
+    settings = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
+    if not ray_loggers:
+        settings["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    added = [key for key in settings if key not in os.environ]
+    os.environ.update({key: settings[key] for key in added})
+    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+
+    def no_missing_logger_files(record: logging.LogRecord) -> bool:
+        return ray_loggers or not str(record.msg).startswith("Failed to fetch metrics for")
+
+    analysis_log.addFilter(no_missing_logger_files)
+    try:
+        yield
+    finally:
+        analysis_log.removeFilter(no_missing_logger_files)
+        for key in added:
+            os.environ.pop(key, None)
+
+
+@contextmanager
+def _ray_output(verbose: int):
+    """verbose 0: Ray Tune prints nothing of its own. Its new output engine (Ray 2.60's default) prints
+    the experiment box, TensorBoard hint and per-error blocks even at verbose=0, so the legacy engine
+    is chosen, which is silent at 0; Tune's logged traceback per errored trial is off too (the
+    EventPrinter names the error and error.txt). A user's own setting of either variable wins."""
+    quiet = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0"} if verbose == 0 else {}
+    added = [key for key in quiet if key not in os.environ]
+    os.environ.update({key: quiet[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+@contextmanager
+def _owner_only_writes():
+    """Files the driver writes (Ray's tuner.pkl and experiment state, which --resume un-pickles) and
+    a local Ray's processes it starts get no group/world write bits, whatever the user's umask."""
+    previous = os.umask(0o022)
+    os.umask(previous | 0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _mlflow_callback(experiment_dir: Path, verbose: int):
+    """Ray Tune's MLflow logger into experiment_dir/mlflow.db (offline; MLflow 3 refuses new runs in
+    its old ./mlruns file store, so SQLite), one MLflow run per trial, experiment named as the sweep."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    if not verbose:  # MLflow and alembic announce every schema migration at INFO
+        for logger_name in ("mlflow", "alembic"):
+            logging.getLogger(logger_name).setLevel(logging.WARNING)
+    uri = mlflow_tracking_uri(experiment_dir)
+    client = MlflowClient(uri)
+    # Created here, not by the callback, so artifacts have a place inside the experiment folder
+    # instead of ./mlruns under whatever folder the sweep was started from.
+    if client.get_experiment_by_name(experiment_dir.name) is None:
+        client.create_experiment(experiment_dir.name, artifact_location=(experiment_dir / "mlflow-artifacts").as_uri())
+    return MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment_dir.name,
+                                tags={"mfcbench.experiment_dir": str(experiment_dir)})
+
+
+def mlflow_tracking_uri(experiment_dir: Path) -> str:
+    return f"sqlite:///{experiment_dir / MLFLOW_FILE}"

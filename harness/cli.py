@@ -212,10 +212,13 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from harness.sweep.checks import SweepError, plan_sweep
+    from harness.sweep.checks import SweepError, address_problem, plan_sweep
     from harness.sweep.tune.driver import run_sweep
     from harness.trial.config import ConfigError
 
+    if problem := address_problem(args.address):
+        print(f"mfcbench sweep: {problem}", file=sys.stderr)
+        return 2
     try:
         # Every check that needs no Ray, the same for --dry-run: the whole file, --name, storage, --resume.
         plan = plan_sweep(args.file, args.storage, args.name, args.resume, args.retry_errored,

@@ -181,6 +181,9 @@ REPORT_CASES: list[Case] = [
 
 # -- mfcbench sweep ------------------------------------------------------------------------------
 SWEEP_CASES: list[Case] = [
+    Case("sweep-ray-client-address", ["sweep", "s.yaml", "--address", "ray://head:10001"],
+         ["--address ray://head:10001", "Ray Client (ray://) is not supported", "ray job submit"],
+         sweep_file("s.yaml", grid={"training.seed": [0]})),
     Case("sweep-unknown-key", ["sweep", "s.yaml", "--dry-run"], ["gird: unknown key", "allowed keys"],
          sweep_file("s.yaml", gird={"training.seed": [0, 1]})),
     Case("sweep-search-second-choice-invalid", ["sweep", "s.yaml"],

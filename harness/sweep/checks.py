@@ -48,6 +48,18 @@ class SweepPlan:
         return f"{describe(self.sweep, self.trials)}\nexperiment folder ({action}): {self.experiment_dir}"
 
 
+def address_problem(address: str | None) -> str | None:
+    """Ray Client (`ray://`) would run this driver here and the trials on the cluster: its storage
+    checks, its lock and its reads of run folders would act on this machine's disk, and the
+    environment it sets would not reach the Tuner. Refused, naming the launches that work."""
+    if address and address.startswith("ray://"):
+        return (f"--address {address}: Ray Client (ray://) is not supported, because the driver checks storage, "
+                "holds its lock and reads run folders on the machine it runs on. Run the driver on the cluster: "
+                "`ray job submit --address http://HEAD:8265 --working-dir . -- mfcbench sweep FILE --address auto`, "
+                "or `mfcbench sweep FILE --address HEAD:6379` on a node that mounts the storage")
+    return None
+
+
 def plan_sweep(file: str | Path, storage: str | None = None, name: str | None = None, resume: bool = False,
                retry_errored: bool = False, trust_experiment_dir: bool = False,
                tracker: str | None = None) -> SweepPlan:

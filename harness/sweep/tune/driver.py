@@ -30,6 +30,8 @@ from harness.sweep.tune.preflight import preflight
 from harness.sweep.tune.progress import event_printer
 from harness.sweep.tune.session import check_cluster_fits, no_colour_unless_terminal, start_ray
 
+EXPERIMENT_SNAPSHOT_S = 300  # TUNE_GLOBAL_CHECKPOINT_S unless the user sets it
+
 
 def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name: str | None = None,
               address: str | None = None, resume: bool = False, retry_errored: bool = False,
@@ -149,10 +151,13 @@ def _tune_settings(ray_loggers: bool):
     and Tune would otherwise stop the whole run on it; ASHA ignores a result without its metric.
     A user's own setting of either variable wins. Without the loggers, the ResultGrid that Tune builds
     at the end warns once per trial that it found no result.json/progress.csv (its metrics come
-    from the driver's memory all the same): that warning is dropped."""
+    from the driver's memory all the same): that warning is dropped. Tune snapshots the experiment's
+    state (every trial's, rewritten whole) every few seconds by default; run folders carry what a
+    resume needs (a finished run is never trained again), so once every EXPERIMENT_SNAPSHOT_S is
+    enough, which keeps a 10,000-trial sweep from rewriting hundreds of MB on shared storage."""
     import logging
 
-    settings = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
+    settings = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1", "TUNE_GLOBAL_CHECKPOINT_S": str(EXPERIMENT_SNAPSHOT_S)}
     if not ray_loggers:
         settings["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     added = [key for key in settings if key not in os.environ]

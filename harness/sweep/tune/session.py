@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 
-from harness.sweep.checks import SweepError
+from harness.sweep.checks import SweepError, address_problem
 from harness.sweep.tune.preflight import alive_nodes
 
 
@@ -87,23 +87,21 @@ def _strip_ansi_from_ray_logs() -> None:
 def _probe_address(address: str) -> None:
     """Raise SweepError unless something accepts TCP connections at the cluster's address within
     CONNECT_WAIT_S. `auto` is resolved as ray.init does (RAY_ADDRESS, then the last `ray start` here)."""
-    if address.startswith("ray://"):
-        target = address.removeprefix("ray://").split("/")[0]
-        target = target if ":" in target else f"{target}:10001"
-    else:
-        from ray._private.services import canonicalize_bootstrap_address
+    from ray._private.services import canonicalize_bootstrap_address
 
-        try:
-            target = canonicalize_bootstrap_address(address)
-        except ConnectionError:
-            raise SweepError(f"--address {address}: no running Ray cluster found (RAY_ADDRESS is unset and no "
-                             "`ray start` ran on this machine); start one with `ray start --head --port=6379` "
-                             "or give its HOST:PORT") from None
-        except ValueError:
-            raise SweepError(f"--address {address!r}: expected HOST:PORT (the head's GCS port, e.g. "
-                             "10.0.0.1:6379), auto, or ray://HOST:PORT") from None
-        if target is None:  # "local": ray.init starts a new local instance
-            return
+    if problem := address_problem(address):
+        raise SweepError(problem)
+    try:
+        target = canonicalize_bootstrap_address(address)
+    except ConnectionError:
+        raise SweepError(f"--address {address}: no running Ray cluster found (RAY_ADDRESS is unset and no "
+                         "`ray start` ran on this machine); start one with `ray start --head --port=6379` "
+                         "or give its HOST:PORT") from None
+    except ValueError:
+        raise SweepError(f"--address {address!r}: expected HOST:PORT (the head's GCS port, e.g. "
+                         "10.0.0.1:6379) or auto") from None
+    if target is None:  # "local": ray.init starts a new local instance
+        return
     host, _, port = target.rpartition(":")
     host = host.strip("[]")
     if not port.isdigit():

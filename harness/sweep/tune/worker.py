@@ -49,6 +49,7 @@ import shutil
 import socket
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -125,15 +126,14 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
             tune.report({**finite_metrics(previous["final"]), **identity, STATUS: "completed"})
             return
 
-    last_epoch = config.training.total_epochs
+    policy = ReportPolicy(tuple(required_metrics), report, config.training.total_epochs)
     held: dict = {}  # the last evaluation, reported once the run is known to have completed
 
     def reporter(metrics: dict, _run_dir: Path) -> None:
         numeric = finite_metrics(metrics)
-        missing = [m for m in required_metrics if m not in numeric]
-        if missing:  # raised inside the trainer, which records the failure in result.json
-            raise TrialFailed(f"{', '.join(missing)} not finite at epoch {metrics.get('epoch')}")
-        if report == "every_evaluation" and 0 < metrics["epoch"] < last_epoch:
+        if missing := policy.missing(numeric):  # raised inside the trainer, which records it in result.json
+            raise TrialFailed(policy.failure(missing, metrics.get("epoch")))
+        if policy.sends(metrics["epoch"]):
             tune.report({**numeric, **identity, STATUS: "running"})
         else:
             held.clear()
@@ -154,6 +154,28 @@ def seeds_text(seeds: Sequence[int]) -> str:
     return ",".join(str(seed) for seed in seeds)
 
 
+@dataclass(frozen=True)
+class ReportPolicy:
+    """When a trial reports to Tune, and which evaluations fail it: the same for a single and a packed
+    trial. `report` every_evaluation sends each evaluation before the last as "running" (what ASHA and
+    live progress need); final holds them, and the trial's end sends the last. An evaluation whose
+    required metric (the scheduler's or searcher's) is not finite fails the run (a seed of a pack alone)."""
+
+    required_metrics: tuple[str, ...]
+    report: str
+    last_epoch: int
+
+    def missing(self, numeric: dict) -> list[str]:
+        return [m for m in self.required_metrics if m not in numeric]
+
+    @staticmethod
+    def failure(missing: list[str], epoch) -> str:
+        return f"{', '.join(missing)} not finite at epoch {epoch}"
+
+    def sends(self, epoch: int) -> bool:
+        return self.report == "every_evaluation" and 0 < epoch < self.last_epoch
+
+
 def _mean(values: list[float]) -> float:
     """The mean, or the value itself where every seed has the same (epoch, step: they stay ints)."""
     return values[0] if all(v == values[0] for v in values) else statistics.fmean(values)
@@ -166,9 +188,10 @@ class PackReports:
 
     def __init__(self, seeds: Sequence[int], required_metrics: Sequence[str], report: str, last_epoch: int,
                  identity: dict, ended: dict[int, str], send: Callable[[dict], None]):
-        self.seeds, self.required = list(seeds), list(required_metrics)
+        self.seeds, self.policy = list(seeds), ReportPolicy(tuple(required_metrics), report, last_epoch)
+        self.required = list(required_metrics)
         self.per_seed = list(dict.fromkeys([*self.required, *PER_SEED_METRICS]))
-        self.report, self.last_epoch, self.identity, self.send = report, last_epoch, identity, send
+        self.identity, self.send = identity, send
         self.ended = dict(ended)  # seed -> status of the seeds that ended in an earlier start of the trial,
         # and "failed" for those whose objective was not finite in this one
         self.training: Callable[[], set[int]] = lambda: set(self.seeds) - set(self.ended)
@@ -180,13 +203,13 @@ class PackReports:
 
         seed, epoch = int(Path(run_dir).name.removeprefix("seed")), metrics.get("epoch", 0)
         numeric = finite_metrics(metrics)
-        missing = [m for m in self.required if m not in numeric]
+        missing = self.policy.missing(numeric)
         self.pending.setdefault(epoch, {})[seed] = numeric
         if missing:
             self.ended[seed] = "failed"  # it leaves the pack: harness.trial.packed records the failure and drops it
         self._report_when_evaluated(epoch)
         if missing:  # raised inside the trainer: in a pack this seed fails alone, as an unpacked trial would
-            raise SeedFailed(f"{', '.join(missing)} not finite at epoch {epoch}")
+            raise SeedFailed(self.policy.failure(missing, epoch))
 
     def _report_when_evaluated(self, epoch: int) -> None:
         """Once every seed still training has evaluated `epoch`: its report (none if no seed has a finite
@@ -199,7 +222,7 @@ class PackReports:
         combined = self.combine(evaluated, statuses)
         if combined is None:
             return
-        if self.report == "every_evaluation" and 0 < epoch < self.last_epoch:
+        if self.policy.sends(epoch):
             self.send({**combined, STATUS: "running"})
         else:
             self.held = combined

@@ -184,7 +184,7 @@ def _cmd_demo(args) -> int:
     """sweeps/demo.yaml on a local Ray, then its report; a second call finishes or reuses the sweep."""
     from harness.sweep.expand import pack_grid
     from harness.sweep.load import load_sweep
-    from harness.sweep.checks import SweepError
+    from harness.sweep.checks import SweepError, has_tune_state
     from harness.sweep.tune.driver import run_sweep
 
     demo = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"
@@ -196,7 +196,7 @@ def _cmd_demo(args) -> int:
     # The report is `mfcbench report` (registered by reports); its arguments are checked before the sweep runs
     report = build_parser().parse_args(["report", str(experiment), "--out", str(experiment / "report"),
                                         "--lpips-samples", str(args.lpips_samples)])
-    resume = (experiment / "tuner.pkl").exists()
+    resume = has_tune_state(experiment)
     packing = pack_grid(trials, sweep.pack)
     packed = f" in {len(packing.trials)} trials ({packing.packed} packed)" if packing.packed else ""
     print(f"demo: {len(trials)} runs{packed} ({', '.join(sweep.variants)}) x seeds on {sweep.base['dataset']['name']}, "
@@ -222,7 +222,7 @@ def _cmd_sweep(args) -> int:
     try:
         # Every check that needs no Ray, the same for --dry-run: the whole file, --name, storage, --resume.
         plan = plan_sweep(args.file, args.storage, args.name, args.resume, args.retry_errored,
-                          args.trust_experiment_dir, args.tracker)
+                          args.trust_experiment_dir, args.tracker, resume_if_exists=args.resume_if_exists)
     except (ConfigError, SweepError) as error:
         print(f"mfcbench sweep: {error}", file=sys.stderr)
         return 2
@@ -232,7 +232,8 @@ def _cmd_sweep(args) -> int:
     experiment = plan.experiment_dir
     try:
         results = run_sweep(plan.sweep, plan.trials, experiment.parent, name=experiment.name, address=args.address,
-                            resume=args.resume, retry_errored=args.retry_errored, source_text=plan.source_text,
+                            resume=plan.resume, retry_errored=args.retry_errored and plan.resume,
+                            source_text=plan.source_text, wait_for_lock=args.resume_if_exists,
                             ray_temp_dir=args.ray_temp_dir, verbose=args.verbose, allow_pending=args.allow_pending,
                             trust_experiment_dir=args.trust_experiment_dir, tracker=args.tracker)
     except SweepError as error:
@@ -279,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="folder for experiment folders (default: the file's `storage`)")
     p.add_argument("--name", help="experiment name (default: the file's `name`)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted sweep in the same storage")
+    p.add_argument("--resume-if-exists", action="store_true",
+                   help="resume the experiment if Ray Tune started it, else start it; waits for the lease of a "
+                        "lock a lost driver left (for SLURM requeues and RayJob retries)")
     p.add_argument("--retry-errored", action="store_true", help="with --resume: run errored trials again")
     p.add_argument("--dry-run", action="store_true",
                    help="run every check, print the trials, resources and experiment folder; start nothing")

@@ -69,7 +69,7 @@ LEGACY_MODULES = {
     "harness.trial_device": ("harness.trial.device",),
     "harness.sweep": ("harness.sweep.spec", "harness.sweep.metric_names", "harness.sweep.overrides",
                       "harness.sweep.expand", "harness.sweep.load", "harness.sweep.describe"),
-    "harness.sweep_checks": ("harness.sweep.checks",),
+    "harness.sweep_checks": ("harness.sweep.checks", "harness.sweep.lock", "harness.sweep.errors"),
     "harness.tune_runner": ("harness.sweep.tune.driver", "harness.sweep.tune.progress", "harness.sweep.tune.session"),
     "harness.tune_trial": ("harness.sweep.tune.worker", "harness.sweep.tune.protocol"),
     "harness.search": ("harness.sweep.tune.searcher",),

@@ -4,7 +4,8 @@ and training code).
 
   mfcbench-sweep.yaml     the sweep file as run, with the resolved base and expanded trial list
                           (every path absolute)
-  mfcbench-driver.lock    while a driver runs it: that driver's host, pid and start time
+  mfcbench-driver.lock    while a driver runs it: that driver's host, pid, start time and lease
+                          (harness.sweep.lock)
   optuna.journal          the Optuna study (search sweeps; harness.sweep.tune.searcher): `optuna-dashboard optuna.journal`
   mlflow.db               with --tracker mlflow: `mlflow ui --backend-store-uri sqlite:///.../mlflow.db`
   mfcbench-grid-trials.json   grid sweeps: the expanded trial configs (with `pack`, the packed ones:
@@ -22,6 +23,7 @@ Run folders are written straight into storage, so on a multi-node cluster `stora
 filesystem every node mounts (Ray's own rule for multi-node storage).
 """
 SWEEP_FILE = "mfcbench-sweep.yaml"
+SWEEP_FILE_EXPANSION = "# --- expanded by mfcbench ---"  # in SWEEP_FILE: the sweep file as given above it
 LOCK_FILE = "mfcbench-driver.lock"
 JOURNAL_FILE = "optuna.journal"
 MLFLOW_FILE = "mlflow.db"

@@ -17,7 +17,8 @@ import yaml
 from harness.trial.config import ConfigError
 from harness.sweep.load import load_sweep
 from harness.layout import LOCK_FILE
-from harness.sweep.checks import SweepError, check_before_start, driver_lock
+from harness.sweep.checks import SweepError, check_before_start
+from harness.sweep.lock import driver_lock, wait_for_lease
 from harness.trial.device import DeviceError, trial_device
 
 from ray_helpers import kill_all, processes_of, short_temp_dir
@@ -51,10 +52,14 @@ def dead_pid(reaped: bool = True) -> int:
     return child.pid
 
 
-def write_lock(experiment: Path, host: str, pid: int) -> str:
+def write_lock(experiment: Path, host: str, pid: int, lease_s: float | None = None, renewed_ago: float = 0) -> str:
+    """A lock as a driver writes it; with lease_s, last renewed `renewed_ago` seconds ago."""
     experiment.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"host": host, "pid": pid, "started": "2026-11-26 01:00:00 +0000"})
+    holder = {"host": host, "pid": pid, "started": "2026-11-26 01:00:00 +0000"}
+    text = json.dumps(holder if lease_s is None else {**holder, "lease_s": lease_s})
     (experiment / LOCK_FILE).write_text(text)
+    renewed = time.time() - renewed_ago
+    os.utime(experiment / LOCK_FILE, (renewed, renewed))
     return text
 
 
@@ -185,6 +190,58 @@ def test_a_stale_lock_is_taken_over_and_every_lock_is_released(tmp_path, reaped)
             assert (fresh / LOCK_FILE).exists()
             raise KeyboardInterrupt
     assert not (tmp_path / "new-storage").exists()
+
+
+def test_a_lease_not_renewed_in_time_frees_the_experiment_on_any_host(tmp_path):
+    """A requeued SLURM job or a retried RayJob starts its driver on another node than the lost one."""
+    sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0]}))
+    experiment = tmp_path / "results" / "t"
+    experiment.mkdir(parents=True)
+    (experiment / "tuner.pkl").write_bytes(b"not loaded")
+    # renewed 10 s ago, 60 s lease: held, and the message says when it frees itself
+    write_lock(experiment, "gpu-node-7", 4242, lease_s=60, renewed_ago=10)
+    with pytest.raises(SweepError, match=r"Its lease runs out (49|50) s from now .*remove the stale lock"):
+        check_before_start(sweep, tmp_path / "results", resume=True)
+    with pytest.raises(SweepError, match="being run by another driver: host gpu-node-7, pid 4242"):
+        driver_lock(experiment).__enter__()
+    # a requeued driver leaves it to the lock, which waits for the lease
+    assert check_before_start(sweep, tmp_path / "results", resume=True, wait_for_lease=True) == experiment
+    # not renewed for longer than its lease: taken over from here
+    write_lock(experiment, "gpu-node-7", 4242, lease_s=60, renewed_ago=61)
+    assert check_before_start(sweep, tmp_path / "results", resume=True) == experiment
+    said = []
+    with driver_lock(experiment, log=said.append, lease_s=0.4):
+        holder = json.loads((experiment / LOCK_FILE).read_text())
+        assert (holder["host"], holder["lease_s"]) == (socket.gethostname(), 0.4)
+        time.sleep(1.0)  # the lease is renewed while the driver runs
+        assert time.time() - (experiment / LOCK_FILE).stat().st_mtime < 0.4
+    assert said == ["taking over the stale lock of a driver whose lease (60 s) ran out (host gpu-node-7, pid 4242, "
+                    "started 2026-11-26 01:00:00 +0000)"]
+    assert sorted(p.name for p in experiment.iterdir()) == ["tuner.pkl"]
+
+
+def test_waiting_for_a_lease_ends_when_it_runs_out_or_refuses_when_it_is_renewed(tmp_path):
+    import threading
+
+    experiment = tmp_path / "results" / "t"
+    write_lock(experiment, "gpu-node-7", 4242, lease_s=1.0)
+    said, started = [], time.time()
+    wait_for_lease(experiment, log=said.append, poll_s=0.1)
+    assert 0.9 < time.time() - started < 5 and said[0].startswith("the experiment is locked by host gpu-node-7")
+    with driver_lock(experiment, log=said.append):
+        pass
+    # a driver that renews its lease meanwhile is alive: refused, its lock untouched
+    text = write_lock(experiment, "gpu-node-7", 4242, lease_s=3.0)
+    renewer = threading.Timer(0.3, lambda: os.utime(experiment / LOCK_FILE))
+    renewer.start()
+    with pytest.raises(SweepError, match="being run by another driver: host gpu-node-7"):
+        wait_for_lease(experiment, log=said.append, poll_s=0.1)
+    renewer.join()
+    assert (experiment / LOCK_FILE).read_text() == text
+    # a lock from before leases cannot be waited for: refused at once
+    write_lock(experiment, "gpu-node-7", 4242)
+    with pytest.raises(SweepError, match="remove the stale lock"):
+        wait_for_lease(experiment, log=said.append, poll_s=0.1)
 
 
 # -- real Ray -------------------------------------------------------------------------------------

@@ -264,6 +264,49 @@ def test_resume_refuses_state_that_others_could_write(tmp_path):
             check_before_start(sweep, experiment.parent, resume=True)
 
 
+def test_resume_refuses_an_edited_sweep_file_naming_each_change(tmp_path):
+    from harness.layout import SWEEP_FILE, SWEEP_FILE_EXPANSION
+    from harness.sweep.checks import SweepError, plan_sweep
+
+    first = write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0, 1]}, storage=str(tmp_path / "results"),
+                        description="two seeds")
+    experiment = _fake_experiment(tmp_path)
+    (experiment / SWEEP_FILE).write_text(first.read_text() + f"\n{SWEEP_FILE_EXPANSION}\ntrials: []\n")
+    before = sorted((p, p.read_bytes()) for p in experiment.rglob("*") if p.is_file())
+    assert plan_sweep(first, resume=True).resume
+    # a third seed and a new learning rate would be ignored by a resume: refused, each named
+    edited = yaml.safe_load(first.read_text())
+    edited["grid"]["training.seed"].append(2)
+    edited["base"]["training"]["lr"] = 0.01
+    edited["description"] = "three seeds"  # describes, trains nothing: free to change
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited))
+    with pytest.raises(SweepError) as info:
+        plan_sweep(tmp_path / "edited.yaml", resume=True)
+    message = str(info.value)
+    assert "grid.training.seed: [0, 1] -> [0, 1, 2]" in message
+    assert "base.training.lr: (not set) -> 0.01" in message
+    assert "description" not in message and f"{experiment / SWEEP_FILE}" in message
+    with pytest.raises(SweepError, match=re.escape("grid.training.seed: [0, 1] -> [0, 1, 2]")):
+        plan_sweep(tmp_path / "edited.yaml", resume_if_exists=True)
+    assert sorted((p, p.read_bytes()) for p in experiment.rglob("*") if p.is_file()) == before
+
+
+def test_resume_if_exists_starts_a_new_experiment_or_resumes_one(tmp_path):
+    from harness.cli import build_parser
+    from harness.sweep.checks import SweepError, plan_sweep
+
+    path = write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0]}, storage=str(tmp_path / "results"))
+    new = plan_sweep(path, resume_if_exists=True)
+    assert not new.resume and new.experiment_dir == tmp_path / "results" / "t" and "(new)" in new.describe()
+    # --retry-errored goes with it: applied only when there is something to resume
+    assert not plan_sweep(path, retry_errored=True, resume_if_exists=True).resume
+    _fake_experiment(tmp_path)
+    assert plan_sweep(path, retry_errored=True, resume_if_exists=True).resume
+    with pytest.raises(SweepError, match="--resume and --resume-if-exists: give one"):
+        plan_sweep(path, resume=True, resume_if_exists=True)
+    assert build_parser().parse_args(["sweep", str(path), "--resume-if-exists"]).resume_if_exists
+
+
 def test_progress_lines_count_trials_and_estimate_the_rest(monkeypatch, capsys):
     from types import SimpleNamespace
 
@@ -465,6 +508,7 @@ def test_optuna_search_concurrent_multi_objective(tmp_path, local_ray):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_kill_driver_then_resume_finishes_each_trial_once(tmp_path):
+    """As a requeued job runs it: the same command, `--resume-if-exists`, starts, resumes, then does nothing."""
     home, temp = tmp_path / "home", short_temp_dir()
     home.mkdir()
     env = ray_env(home)
@@ -472,7 +516,7 @@ def test_kill_driver_then_resume_finishes_each_trial_once(tmp_path):
     path = tmp_path / "k.yaml"
     path.write_text(yaml.safe_dump({"name": "k", "base": base, "grid": {"training.seed": [0, 1, 2, 3]},
                                     "storage": str(tmp_path / "results")}))
-    cmd = [str(BIN / "mfcbench"), "sweep", str(path), "--ray-temp-dir", temp]
+    cmd = [str(BIN / "mfcbench"), "sweep", str(path), "--ray-temp-dir", temp, "--resume-if-exists"]
     experiment = tmp_path / "results" / "k"
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
@@ -497,7 +541,7 @@ def test_kill_driver_then_resume_finishes_each_trial_once(tmp_path):
                    if not (p.parent / "result.json").exists()}
     assert 1 <= len(finished_before) < 4 and interrupted
 
-    resumed = run(cmd + ["--resume"], env, timeout=300)
+    resumed = run(cmd, env, timeout=300)
     try:
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     finally:
@@ -515,6 +559,15 @@ def test_kill_driver_then_resume_finishes_each_trial_once(tmp_path):
     for r in runs:
         epochs = [json.loads(line)["epoch"] for line in (r["dir"] / "metrics.jsonl").read_text().splitlines()]
         assert epochs == list(range(1, 81)), f"seed {r['seed']}: evaluations {epochs}"
+    # once more, as a second requeue would: nothing left to train, every run folder untouched
+    files = {p: p.stat().st_mtime_ns for p in experiment.glob("trial_*/runs/seed*/*") if p.is_file()}
+    again = run(cmd, env, timeout=300)
+    try:
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    finally:
+        kill_all(processes_of(temp))
+    assert "sweep finished: 4 trials, 0 errored" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in files} == files
 
 
 @pytest.mark.ray

@@ -1,29 +1,25 @@
 """Checks of a sweep that need no Ray, shared by `mfcbench sweep` and `--dry-run`: the sweep file
 (harness.sweep.load.load_sweep), then where it would run (storage, name, resume state, another driver's
-lock, tracker); and the driver lock itself (driver_lock)."""
+lock, tracker; on a resume, what the sweep file changed since the experiment started). The lock itself
+is harness.sweep.lock."""
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
 import pwd
-import socket
 import stat
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.layout import LOCK_FILE
+from harness.layout import LOCK_FILE, SWEEP_FILE, SWEEP_FILE_EXPANSION
 from harness.paths import folder_problem
 from harness.sweep.describe import describe
+from harness.sweep.errors import SweepError
 from harness.sweep.load import load_sweep
+from harness.sweep.lock import held_under_lease, lock_problem
 from harness.sweep.overrides import REMOTE_STORAGE
 from harness.sweep.spec import SweepConfig, experiment_name_problem
-
-
-class SweepError(RuntimeError):
-    """A sweep cannot start or go on; the message names what is wrong. Nothing on disk was changed."""
 
 
 # Files Ray un-pickles on --resume: tuner.pkl, searcher-state-*.pkl, callback-states-*.pkl,
@@ -62,20 +58,46 @@ def address_problem(address: str | None) -> str | None:
 
 def plan_sweep(file: str | Path, storage: str | None = None, name: str | None = None, resume: bool = False,
                retry_errored: bool = False, trust_experiment_dir: bool = False,
-               tracker: str | None = None) -> SweepPlan:
+               tracker: str | None = None, resume_if_exists: bool = False) -> SweepPlan:
     """Every check of a sweep that needs no Ray: the file (harness.sweep.load.load_sweep), then where it would
-    run (check_before_start). Raises ConfigError or SweepError; creates and changes nothing."""
+    run (check_before_start). With resume_if_exists the plan resumes when the experiment holds Ray Tune's
+    state and starts it otherwise (what a requeued job needs). Raises ConfigError or SweepError; creates and
+    changes nothing."""
+    if resume and resume_if_exists:
+        raise SweepError("--resume and --resume-if-exists: give one (--resume-if-exists resumes a sweep that "
+                         "exists and starts one otherwise)")
     sweep, trials = load_sweep(file)
-    experiment_dir = check_before_start(sweep, storage or sweep.storage, name, resume, retry_errored,
-                                        trust_experiment_dir, tracker)
-    return SweepPlan(sweep, trials, experiment_dir, resume, Path(file).read_text())
+    storage = storage or sweep.storage
+    source_text = Path(file).read_text()
+    if resume_if_exists:
+        resume = has_tune_state(experiment_path(storage, sweep.name if name is None else name))
+        retry_errored = retry_errored and resume
+    experiment_dir = check_before_start(sweep, storage, name, resume, retry_errored, trust_experiment_dir, tracker,
+                                        source_text=source_text, wait_for_lease=resume_if_exists)
+    return SweepPlan(sweep, trials, experiment_dir, resume, source_text)
+
+
+def experiment_path(storage: str | Path, name: str) -> Path | None:
+    """`storage/name` as an absolute path, or None for remote storage (refused by check_before_start)."""
+    if REMOTE_STORAGE.match(str(storage)):
+        return None
+    return Path(os.path.abspath(Path(str(storage)).expanduser())) / name
+
+
+def has_tune_state(experiment_dir: Path | None) -> bool:
+    """Whether Ray Tune started an experiment there (its tuner.pkl), i.e. whether it can be resumed."""
+    return experiment_dir is not None and (experiment_dir / "tuner.pkl").is_file()
 
 
 def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None = None, resume: bool = False,
                        retry_errored: bool = False, trust_experiment_dir: bool = False,
-                       tracker: str | None = None) -> Path:
+                       tracker: str | None = None, source_text: str | None = None,
+                       wait_for_lease: bool = False) -> Path:
     """The experiment folder `storage/name`, after checking everything about it that needs no Ray.
 
+    On a resume, `source_text` (the sweep file given now) is compared with the file the experiment
+    started from, and every change that would be ignored is refused. With wait_for_lease, a lock that
+    another host holds under a lease is left to the driver, which waits for the lease to run out.
     Raises SweepError listing every problem; creates nothing (a storage folder that does not exist yet
     is judged by its nearest existing ancestor).
     """
@@ -104,12 +126,12 @@ def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None
         raise SweepError("\n".join(problems))
     experiment_dir = storage_dir / name
     held_by_another_driver = lock_problem(experiment_dir)
-    if held_by_another_driver:
+    if held_by_another_driver and not (wait_for_lease and held_under_lease(experiment_dir)):
         raise SweepError(held_by_another_driver)
     if resume:
         if not experiment_dir.is_dir():
             problems.append(f"--resume: there is no experiment folder {experiment_dir}; check --storage and --name")
-        elif not (experiment_dir / "tuner.pkl").is_file():
+        elif not has_tune_state(experiment_dir):
             problems.append(f"--resume: {experiment_dir} holds no sweep to resume (no tuner.pkl from Ray Tune); "
                             "run it without --resume to start one there, or check --storage and --name")
         elif not trust_experiment_dir:
@@ -120,6 +142,13 @@ def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None
                     "someone else could have written it:\n" + "\n".join(f"  {line}" for line in untrusted)
                     + "\nmake these yours and not group/world-writable (chmod -R go-w), or pass "
                       "--trust-experiment-dir if you trust everyone who can write there")
+        if has_tune_state(experiment_dir) and source_text is not None and (
+                changes := sweep_file_changes(experiment_dir, source_text)):
+            problems.append(
+                f"--resume: the sweep file differs from the one {experiment_dir} started with "
+                f"({experiment_dir / SWEEP_FILE}); a resume runs the recorded trials only, so these changes "
+                "would be ignored:\n" + "\n".join(f"  {line}" for line in changes)
+                + "\nundo them to resume, or run the edited file under a new --name (nothing was changed)")
     # A folder holding only a lock is a new sweep whose driver died before writing anything.
     elif experiment_dir.exists() and (not experiment_dir.is_dir()
                                       or any(p.name != LOCK_FILE for p in experiment_dir.iterdir())):
@@ -161,125 +190,42 @@ def _user_name(uid: int) -> str:
         return f"uid {uid}"
 
 
-# -- one driver per experiment -------------------------------------------------------------------
-# Two drivers on one experiment (a second `mfcbench sweep`, or a --resume while the first still runs)
-# would both write Ray's experiment state and the Optuna study. `mfcbench-driver.lock` in the
-# experiment folder is created atomically (O_EXCL) and holds {host, pid, started}. A lock left by a
-# driver that died on this host (same host, no such process) is stale and taken over; one from another
-# host cannot be checked from here, so the message says how to remove it.
+# Keys a resume may change: they describe or locate the experiment and train nothing.
+RESUME_FREE_KEYS = ("description", "name", "storage")
 
 
-def _pid_alive(pid: int) -> bool:
+def sweep_file_changes(experiment_dir: Path, source_text: str) -> list[str]:
+    """'key: recorded -> now' for each top-level setting of the sweep file (nested keys spelled with dots)
+    that differs from the file the experiment started with; none when that file is not recorded (an
+    experiment from before mfcbench recorded it) or cannot be read."""
+    import yaml
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    # A killed driver whose parent has not reaped it yet (a zombie) still answers signal 0.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):  # no /proc here: signal 0 is all we know
-        return True
-    return state != "Z"
+        recorded_text = (experiment_dir / SWEEP_FILE).read_text().split(SWEEP_FILE_EXPANSION)[0]
+        recorded, now = yaml.safe_load(recorded_text) or {}, yaml.safe_load(source_text) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    if not isinstance(recorded, dict) or not isinstance(now, dict):
+        return []
+    for key in RESUME_FREE_KEYS:
+        recorded.pop(key, None)
+        now.pop(key, None)
+    missing = object()
+    old, new = _flatten(recorded), _flatten(now)
+    return [f"{key}: {_show(old.get(key, missing), missing)} -> {_show(new.get(key, missing), missing)}"
+            for key in sorted(old.keys() | new.keys()) if old.get(key, missing) != new.get(key, missing)]
 
 
-def read_lock(experiment_dir: Path) -> dict | None:
-    """The lock's holder {host, pid, started}, or None when there is no lock."""
-    try:
-        text = (experiment_dir / LOCK_FILE).read_text()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        holder = json.loads(text)
-        if isinstance(holder, dict) and isinstance(holder.get("host"), str) and isinstance(holder.get("pid"), int):
-            return holder
-    except json.JSONDecodeError:
-        pass
-    return {"host": "?", "pid": -1, "started": f"unreadable lock ({text[:80]!r})"}
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
 
 
-def is_stale(holder: dict) -> bool:
-    """Whether the holder is a driver on this host that no longer runs."""
-    return holder["host"] == socket.gethostname() and not _pid_alive(holder["pid"])
-
-
-def lock_problem(experiment_dir: Path) -> str | None:
-    """Why another driver holds this experiment (a lock that is not stale), or None; reads only."""
-    holder = read_lock(experiment_dir)
-    if holder is None or is_stale(holder) or (holder["host"], holder["pid"]) == (socket.gethostname(), os.getpid()):
-        return None  # none, stale, or this process's own
-    path = experiment_dir / LOCK_FILE
-    return (f"{experiment_dir} is being run by another driver: host {holder['host']}, pid {holder['pid']}, "
-            f"started {holder.get('started', '?')} (lock file {path}). Wait for it to finish, or, if that driver "
-            f"is gone (its machine was lost or restarted), remove the stale lock: rm {path}")
-
-
-@contextmanager
-def driver_lock(experiment_dir: Path, log=print):
-    """Hold the experiment's lock while the block runs, creating the experiment folder if needed; raises
-    SweepError when another live driver holds it. On leaving (normally, on an error or on Ctrl-C) the lock
-    is removed, and so are the folders this call created if nothing else was written into them."""
-    created = []
-    folder = experiment_dir
-    while not folder.exists():
-        created.append(folder)
-        folder = folder.parent
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    path = experiment_dir / LOCK_FILE
-    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-    try:
-        _create(path, mine, experiment_dir, log)
-    except BaseException:
-        _remove_empty(created)
-        raise
-    try:
-        yield
-    finally:
-        if read_lock(experiment_dir) == mine:  # never remove a lock another driver took over
-            path.unlink()
-        _remove_empty(created)
-
-
-def _create(path: Path, mine: dict, experiment_dir: Path, log) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        holder = read_lock(experiment_dir)
-        if holder is None:  # released between the two calls: try once more
-            return _create(path, mine, experiment_dir, log)
-        if not is_stale(holder):
-            raise SweepError(lock_problem(experiment_dir)) from None
-        # Moved aside, not deleted: of two drivers taking over at once, one rename wins, and a lock
-        # created after we looked (moved by mistake) is put back.
-        claimed = path.with_name(f"{path.name}.stale-{os.getpid()}")
-        try:
-            os.rename(path, claimed)
-        except FileNotFoundError:
-            return _create(path, mine, experiment_dir, log)
-        try:
-            moved = json.loads(claimed.read_text())
-        except (OSError, ValueError):
-            moved = None
-        if moved != holder:
-            try:
-                os.link(claimed, path)
-            except FileExistsError:
-                pass
-            claimed.unlink()
-            return _create(path, mine, experiment_dir, log)
-        claimed.unlink()
-        log(f"taking over the stale lock of a driver that no longer runs (host {holder['host']}, pid "
-            f"{holder['pid']}, started {holder.get('started', '?')})")
-        return _create(path, mine, experiment_dir, log)
-    with os.fdopen(fd, "w") as f:
-        json.dump(mine, f)
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove the given folders (deepest first) that are empty."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
+def _show(value, missing) -> str:
+    return "(not set)" if value is missing else json.dumps(value)

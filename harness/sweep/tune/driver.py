@@ -16,8 +16,9 @@ import yaml
 
 from harness.compat import install_legacy_modules
 from harness.files import write_json_atomic
-from harness.layout import GRID_TRIALS_FILE, MLFLOW_FILE, SWEEP_FILE
-from harness.sweep.checks import check_before_start, driver_lock
+from harness.layout import GRID_TRIALS_FILE, MLFLOW_FILE, SWEEP_FILE, SWEEP_FILE_EXPANSION
+from harness.sweep.checks import check_before_start
+from harness.sweep.lock import driver_lock, wait_for_lease
 from harness.sweep.expand import (
     effective_max_concurrent,
     pack_grid,
@@ -36,13 +37,15 @@ EXPERIMENT_SNAPSHOT_S = 300  # TUNE_GLOBAL_CHECKPOINT_S unless the user sets it
 def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name: str | None = None,
               address: str | None = None, resume: bool = False, retry_errored: bool = False,
               source_text: str = "", ray_temp_dir: str | None = None, verbose: int = 0,
-              allow_pending: bool = False, trust_experiment_dir: bool = False, tracker: str | None = None):
+              allow_pending: bool = False, trust_experiment_dir: bool = False, tracker: str | None = None,
+              wait_for_lock: bool = False):
     """Run (or resume) a validated sweep; returns Tune's ResultGrid.
 
     verbose 0: mfcbench's own lines only (trial events, progress with ETA); 1 and 2: Ray Tune's
     status tables and result tables too (RunConfig.verbose), with the workers' output and Ray's
     INFO logs. Raises SweepError, before any trial starts, for everything check_before_start and
-    check_cluster_fits find.
+    check_cluster_fits find. wait_for_lock: wait for the lease of a lock that another host's driver
+    left (harness.sweep.lock) to run out, as a requeued job must, instead of refusing at once.
     """
     no_colour_unless_terminal()
     from ray import tune
@@ -56,7 +59,9 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
         trainable,  # handed to Tune, which runs it in the workers
     )
 
-    experiment_dir = check_before_start(sweep, storage, name, resume, retry_errored, trust_experiment_dir, tracker)
+    checks = {"retry_errored": retry_errored, "trust_experiment_dir": trust_experiment_dir, "tracker": tracker,
+              "source_text": source_text if resume and source_text else None}
+    experiment_dir = check_before_start(sweep, storage, name, resume, wait_for_lease=wait_for_lock, **checks)
     storage, name = experiment_dir.parent, experiment_dir.name
     # A resume trains what the first run recorded, whatever the sweep file expands to now (its `pack` too).
     grid_trials = []
@@ -74,9 +79,11 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
         start_ray(address, temp_dir=ray_temp_dir, quiet=verbose == 0)
         check_cluster_fits(sweep.resources.cpu, sweep.resources.gpu, allow_pending)
         # Released when run_sweep returns or raises (Ctrl-C included).
+        if wait_for_lock:
+            wait_for_lease(experiment_dir)
         held.enter_context(driver_lock(experiment_dir))
         # Again, now that no other driver can start or finish here: the folder may have changed since
-        check_before_start(sweep, storage, name, resume, retry_errored, trust_experiment_dir, tracker)
+        check_before_start(sweep, storage, name, resume, **checks)
         # On --resume, the data the experiment was started with (its recorded grid trials, if any).
         nodes, seconds = preflight(experiment_dir, data_paths(sweep, grid_trials or trials))
         print(f"preflight: {nodes} node(s) can write {experiment_dir} and see the data ({seconds:.2f} s)",
@@ -102,7 +109,7 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
 
         experiment_dir.mkdir(parents=True, exist_ok=True)
         (experiment_dir / SWEEP_FILE).write_text(
-            source_text + "\n# --- expanded by mfcbench ---\n"
+            source_text + f"\n{SWEEP_FILE_EXPANSION}\n"
             # The base as run: every default filled in and every path absolute, as are the overrides.
             + yaml.safe_dump({"resolved_base": resolved_base(sweep.base),
                               "trials": [{"variant": t["variant"], "overrides": t["overrides"]}

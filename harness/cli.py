@@ -244,7 +244,7 @@ def _cmd_sweep(args) -> int:
     errors = sum(1 for r in results if r.error is not None)
     print(f"sweep finished: {len(results)} trials, {errors} errored; experiment folder {experiment}")
     if args.tracker == "mlflow":
-        from harness.sweep.tune.driver import mlflow_tracking_uri
+        from harness.sweep.tune.tracking import mlflow_tracking_uri
 
         print(f"MLflow: mlflow ui --backend-store-uri {mlflow_tracking_uri(experiment)}")
     print(f"report it with: mfcbench report {experiment} --out {experiment}/report")

@@ -411,9 +411,11 @@ def test_mlflow_tracker_logs_every_trial(tmp_path, local_ray):
     pytest.importorskip("mlflow", reason="MLflow is not installed: pip install 'mfcbench[mlflow]'")
     from mlflow.tracking import MlflowClient
 
-    from harness.sweep.tune.driver import mlflow_tracking_uri, run_sweep
+    from harness.sweep.tune.driver import run_sweep
+    from harness.sweep.tune.tracking import mlflow_tracking_uri
 
-    sweep, trials = load_sweep(write_sweep(tmp_path / "m.yaml", grid={"training.seed": [0, 1]}))
+    sweep, trials = load_sweep(write_sweep(tmp_path / "m.yaml", grid={"training.seed": [0, 1]}, variants={
+        "ok": {}, "diverges": {"training.lr": 1e12, "training.epochs_per_step": [3]}}))
     results = run_sweep(sweep, trials, tmp_path / "results", tracker="mlflow")
     assert all(r.error is None for r in results)
     experiment_dir = tmp_path / "results" / "t"
@@ -421,13 +423,52 @@ def test_mlflow_tracker_logs_every_trial(tmp_path, local_ray):
     experiment = client.get_experiment_by_name("t")
     assert experiment.artifact_location.startswith(experiment_dir.as_uri())
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
-    logged = sorted([m.value for m in client.get_metric_history(r.info.run_id, "elbo")] for r in runs)
-    on_disk = sorted([json.loads(line)["elbo"] for line in (run["dir"] / "metrics.jsonl").read_text().splitlines()]
-                     for run in trial_runs(experiment_dir))
+    by_variant = {}
+    for logged_run in runs:
+        by_variant.setdefault(logged_run.data.tags["mfcbench.variant"], []).append(logged_run)
+    assert sorted(by_variant) == ["diverges", "ok"] and all(len(v) == 2 for v in by_variant.values())
+    # mfcbench's status, not Tune's: a trial whose loss was not finite ended normally for Tune
+    for logged_run in by_variant["diverges"]:
+        assert (logged_run.info.status, logged_run.data.tags["mfcbench_status"]) == ("FAILED", "failed")
+        assert logged_run.data.params["config.training.lr"] == "1000000000000.0"
+    for logged_run in by_variant["ok"]:
+        assert (logged_run.info.status, logged_run.data.tags["mfcbench_status"]) == ("FINISHED", "completed")
+        # the resolved trial config, every default filled in, not only Tune's trial_index
+        assert logged_run.data.params["config.model.latent_dims"] == "[3]"
+        assert logged_run.data.params["config.model.name"] == "mfcvae"
+    assert sorted(r.data.params["config.training.seed"] for r in by_variant["ok"]) == ["0", "1"]
+    ok_dirs = [run["dir"] for run in trial_runs(experiment_dir) if run["variant"] == "ok"]
+    logged = sorted([m.value for m in client.get_metric_history(r.info.run_id, "elbo")] for r in by_variant["ok"])
+    on_disk = sorted([json.loads(line)["elbo"] for line in (d / "metrics.jsonl").read_text().splitlines()]
+                     for d in ok_dirs)
     assert [len(history) for history in logged] == [2, 2]  # one point per evaluation
     for history, written in zip(logged, on_disk):
         assert history == pytest.approx(written)
+
+
+def test_mlflow_store_follows_the_environment_and_warns_on_network_filesystems(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="MLflow is not installed: pip install 'mfcbench[mlflow]'")
+    from harness.sweep.tune import tracking
+
+    experiment = tmp_path / "results" / "t"
+    experiment.mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.mlflow_tracking_uri(experiment) == f"sqlite:///{experiment}/mlflow.db"
+    assert tracking.filesystem_type(experiment) is not None  # some mount holds every path
+    monkeypatch.setattr(tracking, "filesystem_type", lambda path: "nfs4")
+    said = []
+    tracking.mlflow_callback(experiment, verbose=0, log=said.append)
+    assert len(said) == 1 and "is on nfs4, where SQLite's locking is not reliable" in said[0]
+    assert "MLFLOW_TRACKING_URI" in said[0]
+    local = tmp_path / "local" / "mlflow.db"
+    local.parent.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{local}")
+    said.clear()
+    other = tmp_path / "results" / "u"
+    other.mkdir()
+    callback = tracking.mlflow_callback(other, verbose=0, log=said.append)
+    assert said == [] and callback.tracking_uri == f"sqlite:///{local}" and local.exists()
+    assert list(other.iterdir()) == []
 
 
 @pytest.mark.slow

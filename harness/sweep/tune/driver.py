@@ -16,7 +16,7 @@ import yaml
 
 from harness.compat import install_legacy_modules
 from harness.files import write_json_atomic
-from harness.layout import GRID_TRIALS_FILE, MLFLOW_FILE, SWEEP_FILE, SWEEP_FILE_EXPANSION
+from harness.layout import GRID_TRIALS_FILE, SWEEP_FILE, SWEEP_FILE_EXPANSION
 from harness.sweep.checks import check_before_start
 from harness.sweep.lock import driver_lock, wait_for_lease
 from harness.sweep.expand import (
@@ -55,6 +55,8 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
         asha_scheduler,
         stopped_early_marker,
     )
+    if tracker == "mlflow":
+        from harness.sweep.tune.tracking import mlflow_callback
     from harness.sweep.tune.worker import (
         trainable,  # handed to Tune, which runs it in the workers
     )
@@ -98,7 +100,7 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
             tuner = tune.Tuner.restore(str(experiment_dir), trainable=run_trainable, resume_unfinished=True,
                                        resume_errored=retry_errored, restart_errored=False)
             if tracker == "mlflow":
-                callbacks.append(_mlflow_callback(experiment_dir, verbose))
+                callbacks.append(mlflow_callback(experiment_dir, verbose))
             # tuner.pkl holds the first run's RunConfig, callbacks and verbosity included: this
             # run's flags (-v, --tracker) and a fresh progress count replace them.
             local = getattr(tuner, "_local_tuner", None)
@@ -117,7 +119,7 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
         if sweep.search is None:
             write_json_atomic(experiment_dir / GRID_TRIALS_FILE, grid_trials, indent=None)
         if tracker == "mlflow":
-            callbacks.append(_mlflow_callback(experiment_dir, verbose))
+            callbacks.append(mlflow_callback(experiment_dir, verbose))
         search_alg, num_samples = None, 1
         param_space: dict[str, Any] = {"cpus": sweep.resources.cpu, "experiment_dir": str(experiment_dir)}
         if sweep.search is None:
@@ -209,28 +211,3 @@ def _owner_only_writes():
         yield
     finally:
         os.umask(previous)
-
-
-def _mlflow_callback(experiment_dir: Path, verbose: int):
-    """Ray Tune's MLflow logger into experiment_dir/mlflow.db (offline; MLflow 3 refuses new runs in
-    its old ./mlruns file store, so SQLite), one MLflow run per trial, experiment named as the sweep."""
-    import logging
-
-    from mlflow.tracking import MlflowClient
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-    if not verbose:  # MLflow and alembic announce every schema migration at INFO
-        for logger_name in ("mlflow", "alembic"):
-            logging.getLogger(logger_name).setLevel(logging.WARNING)
-    uri = mlflow_tracking_uri(experiment_dir)
-    client = MlflowClient(uri)
-    # Created here, not by the callback, so artifacts have a place inside the experiment folder
-    # instead of ./mlruns under whatever folder the sweep was started from.
-    if client.get_experiment_by_name(experiment_dir.name) is None:
-        client.create_experiment(experiment_dir.name, artifact_location=(experiment_dir / "mlflow-artifacts").as_uri())
-    return MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment_dir.name,
-                                tags={"mfcbench.experiment_dir": str(experiment_dir)})
-
-
-def mlflow_tracking_uri(experiment_dir: Path) -> str:
-    return f"sqlite:///{experiment_dir / MLFLOW_FILE}"

@@ -11,6 +11,8 @@ and training code).
   mfcbench-grid-trials.json   grid sweeps: the expanded trial configs (with `pack`, the packed ones:
                           training.seeds); Tune's params hold only an index
   trial_<id>/mfcbench-trial.json   the trial's variant, overrides, config and every start (node, pid)
+  trial_<id>/mfcbench-suggestion.json   search sweeps: what the searcher suggested the trial train
+                          ({variant, trial}); Tune's params name the file
   trial_<id>/runs/seed<s>/   the trial's run folder, one per seed (one seed per trial, or each seed
                           of a packed trial): config.yaml (that seed's single-run config),
                           metrics.jsonl, checkpoint.pt, result.json, tensorboard/
@@ -29,6 +31,7 @@ JOURNAL_FILE = "optuna.journal"
 MLFLOW_FILE = "mlflow.db"
 GRID_TRIALS_FILE = "mfcbench-grid-trials.json"
 TRIAL_META = "mfcbench-trial.json"
+SUGGESTION_FILE = "mfcbench-suggestion.json"
 STOPPED_EARLY_FILE = "mfcbench-stopped-early.json"
 ASSIGNMENTS_FILE = "assignments.npz"
 # What a run folder holds: a folder with any of these is a run folder

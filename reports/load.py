@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from harness.layout import STOPPED_EARLY_FILE, TRIAL_META
+from harness.layout import STOPPED_EARLY_FILE, SUGGESTION_FILE, TRIAL_META
 
 IDENTITY = ["experiment", "variant", "dataset", "model", "architecture", "seed"]
 REPORT_MARKER = "mfcbench-report.json"  # marks every folder `mfcbench report` writes (and its staging folders)
@@ -140,8 +140,12 @@ def _errored_without_runs(roots: list[Path], known: set[str]) -> list[dict]:
             meta = trial / TRIAL_META  # written by the trial before it trains
             params = json.loads((trial / "params.json").read_text()) if (trial / "params.json").exists() else {}
             recorded = json.loads(meta.read_text()) if meta.exists() else {}
+            suggestion = trial / SUGGESTION_FILE  # a search trial's, written before it started
             if "config" in recorded:
                 config, variant = recorded["config"], recorded["variant"]
+            elif suggestion.exists():
+                point = json.loads(suggestion.read_text())
+                config, variant = point["trial"], point["variant"]
             else:  # a trial that never started, with Ray's loggers on, or from before trials recorded their config
                 config = (params.get("grid_point") or params).get("trial", {})
                 variant = (params.get("grid_point") or {}).get("variant", "search")

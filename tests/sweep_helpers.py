@@ -32,3 +32,11 @@ def trial_runs(experiment: Path) -> list[dict]:
         meta = json.loads((result.parents[2] / "mfcbench-trial.json").read_text())
         rows.append({**json.loads(result.read_text()), **meta, "dir": result.parent})
     return rows
+
+
+def suggested(searcher, trial_id: str) -> dict:
+    """{variant, trial, overrides} of the searcher's next suggestion, read as the worker reads it."""
+    from harness.sweep.tune.protocol import trial_point
+
+    params = searcher.suggest(trial_id)
+    return trial_point({**params, "experiment_dir": searcher.experiment_dir}, (), trial_id)

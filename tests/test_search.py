@@ -16,7 +16,8 @@ from harness.trial.config import DEFAULT_OPTIMISER_STEPS, ConfigError
 from harness.compat import with_legacy_defaults
 from harness.sweep.load import load_sweep
 from ray_helpers import journal_study
-from sweep_helpers import LR_SPACE, TINY_BASE, write_sweep
+from sweep_helpers import LR_SPACE, TINY_BASE, suggested, write_sweep
+from harness.sweep.tune.protocol import trial_point
 
 
 def with_epochs(epochs: int) -> dict:
@@ -81,9 +82,12 @@ def test_replicates_become_parallel_trials_and_the_study_gets_their_mean(tmp_pat
     searcher = searcher_for(tmp_path, replicates=3, num_samples=2)
     suggestions = {f"t{i}": searcher.suggest(f"t{i}") for i in range(6)}
     assert searcher.suggest("t6") == "FINISHED"  # 2 suggestions x 3 seeds handed out
-    for i, params in enumerate(suggestions.values()):
-        assert params["grid_point"]["variant"] == "search"
-        trial = params["grid_point"]["trial"]
+    for i, (trial_id, params) in enumerate(suggestions.items()):
+        # by reference: Tune's params name the file the searcher wrote into the trial's folder
+        assert set(params) == {"suggestion", "overrides"}
+        point = trial_point({**params, "experiment_dir": tmp_path}, (), trial_id)
+        assert point["variant"] == "search"
+        trial = point["trial"]
         assert trial["training"]["seed"] == i % 3  # base seed 0 + replicate
         assert trial["training"]["lr"] == params["overrides"]["training.lr"]
         assert trial["model"]["latent_dims"] == [3] and trial["training"]["epochs_per_step"] == [2]
@@ -209,12 +213,12 @@ def test_searcher_survives_a_driver_restart(tmp_path):
     assert states == [TrialState.RUNNING, TrialState.RUNNING, TrialState.FAIL]  # the orphan is closed
     restarted.on_trial_complete("t1", completed(-120.0))
     restarted.on_trial_complete("t2", completed(-90.0))
-    third = restarted.suggest("t3")  # suggestion 1's seed 1 again: it was not handed out when saved
-    assert third["grid_point"]["trial"]["training"]["seed"] == 1
+    third = suggested(restarted, "t3")  # suggestion 1's seed 1 again: it was not handed out when saved
+    assert third["trial"]["training"]["seed"] == 1
     restarted.on_trial_complete("t3", completed(-94.0))
     trials = journal_study(tmp_path).trials
     assert trials[0].value == pytest.approx(-110.0) and trials[1].value == pytest.approx(-92.0)
-    assert restarted.suggest("t4")["grid_point"]["trial"]["training"]["seed"] == 0  # suggestion 3 of 3
+    assert suggested(restarted, "t4")["trial"]["training"]["seed"] == 0  # suggestion 3 of 3
     assert len(journal_study(tmp_path).trials) == 4
 
 
@@ -223,12 +227,12 @@ def test_suggestions_are_resolved_and_a_searcher_from_before_keeps_the_old_epoch
     depended on the data (issue 11) keeps 10 per step, as its finished seeds trained."""
     unset = {**TINY_BASE, "training": {"batch_size": 256, "threads": 1}}
     searcher = searcher_for(tmp_path, base=unset, replicates=2, num_samples=1)
-    trial = searcher.suggest("t0")["grid_point"]["trial"]
+    trial = suggested(searcher, "t0")["trial"]
     assert trial["training"]["epochs_per_step"] == [math.ceil(DEFAULT_OPTIMISER_STEPS / 6)]  # 6 batches/epoch
     assert trial["model"]["architecture"] == "shared-mlp"  # one facet
     old = pickle.loads(pickle.dumps(searcher))
     del old.resolves_defaults  # what un-pickling a searcher saved by the earlier code gives
-    assert old.suggest("t1")["grid_point"]["trial"]["training"]["epochs_per_step"] == [10]
+    assert suggested(old, "t1")["trial"]["training"]["epochs_per_step"] == [10]
     recorded = {"model": {"latent_dims": [3, 2]}, "training": {"epochs_per_step": None}}
     assert with_legacy_defaults(recorded)["training"]["epochs_per_step"] == [10, 10]
 
@@ -238,10 +242,10 @@ def test_a_searcher_from_before_the_data_init_fix_keeps_unit_scale(tmp_path):
     suggestions keep 1.0, as its finished seeds were initialised, while a new search gets 0.1."""
     searcher = searcher_for(tmp_path, base={**TINY_BASE, "model": {**TINY_BASE.get("model", {}), "init": "data"}},
                             replicates=2, num_samples=2)
-    assert searcher.suggest("t0")["grid_point"]["trial"]["model"]["data_init_scale"] == 0.1
+    assert suggested(searcher, "t0")["trial"]["model"]["data_init_scale"] == 0.1
     old = pickle.loads(pickle.dumps(searcher))
     del old.base["model"]["data_init_scale"]  # what un-pickling a searcher saved by the earlier code gives
-    assert old.suggest("t1")["grid_point"]["trial"]["model"]["data_init_scale"] == 1.0
+    assert suggested(old, "t1")["trial"]["model"]["data_init_scale"] == 1.0
 
 
 def test_asha_max_t_follows_the_default_epochs_of_searched_batch_sizes(tmp_path):

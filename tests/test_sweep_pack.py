@@ -15,7 +15,7 @@ from harness.trial.config import ConfigError, TrialConfig
 from harness.sweep.expand import balanced_chunks, pack_grid, replicate_groups, trials_per_suggestion
 from harness.sweep.load import load_sweep
 from ray_helpers import journal_study
-from sweep_helpers import LR_SPACE, TINY_BASE, write_sweep
+from sweep_helpers import LR_SPACE, TINY_BASE, suggested, write_sweep
 
 
 def grid(tmp_path, **fields):
@@ -384,12 +384,12 @@ def packed_result(status: str = "completed", **seeds) -> dict:
 def test_one_packed_trial_per_suggestion_told_the_mean_of_its_seeds(tmp_path):
     searcher = searcher_for(tmp_path, pack=3, replicates=3, num_samples=2)
     assert trials_per_suggestion(searcher.sweep) == 1
-    first, second = searcher.suggest("t0"), searcher.suggest("t1")
+    first, second = suggested(searcher, "t0"), suggested(searcher, "t1")
     assert searcher.suggest("t2") == "FINISHED"  # 2 suggestions, one trial each
-    for params in (first, second):
-        training = params["grid_point"]["trial"]["training"]
+    for point in (first, second):
+        training = point["trial"]["training"]
         assert training["seeds"] == [0, 1, 2] and "seed" not in training
-        TrialConfig.model_validate(params["grid_point"]["trial"])
+        TrialConfig.model_validate(point["trial"])
     assert first["overrides"] != second["overrides"]
     searcher.on_trial_complete("t0", packed_result(s0=-100.0, s1=-110.0, s2=None))  # 2 of 3 finished
     searcher.on_trial_complete("t1", packed_result("failed", s0=None, s1=None, s2=None))
@@ -402,9 +402,9 @@ def test_one_packed_trial_per_suggestion_told_the_mean_of_its_seeds(tmp_path):
 def test_replicates_split_into_packs_when_pack_is_smaller(tmp_path):
     searcher = searcher_for(tmp_path, pack=2, replicates=3, num_samples=1)
     assert trials_per_suggestion(searcher.sweep) == 2
-    a, b = searcher.suggest("a"), searcher.suggest("b")
-    assert a["grid_point"]["trial"]["training"]["seeds"] == [0, 1]
-    assert b["grid_point"]["trial"]["training"]["seed"] == 2 and "seeds" not in b["grid_point"]["trial"]["training"]
+    a, b = suggested(searcher, "a"), suggested(searcher, "b")
+    assert a["trial"]["training"]["seeds"] == [0, 1]
+    assert b["trial"]["training"]["seed"] == 2 and "seeds" not in b["trial"]["training"]
     assert searcher.suggest("c") == "FINISHED"
     searcher.on_trial_complete("a", packed_result(s0=-100.0, s1=-110.0))
     assert journal_study(tmp_path).trials[0].state == TrialState.RUNNING  # seed 2 still runs

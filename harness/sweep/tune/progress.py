@@ -37,7 +37,8 @@ def event_printer(total: int, verbose: int = 0, grid_trials: list[dict] = ()):
             self.started = self.last_progress = time.monotonic()
 
         def _point(self, trial) -> dict:
-            """{variant, trial} of a grid trial (by index, or whole in its params), else {}."""
+            """{variant, trial} of a grid trial (by index, or whole in its params), else {} (a search
+            trial: its variant is "search")."""
             if "trial_index" in trial.config:
                 return grid_trials[trial.config["trial_index"]]
             return trial.config.get("grid_point", {})

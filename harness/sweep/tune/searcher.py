@@ -42,7 +42,9 @@ from harness.sweep.expand import (
 from harness.sweep.metric_names import is_agreement_metric
 from harness.sweep.overrides import resolved_base, with_overrides
 from harness.sweep.spec import SweepConfig
-from harness.sweep.tune.protocol import STATUS, reported_status, seed_key
+from harness.files import write_json_atomic
+from harness.layout import SUGGESTION_FILE
+from harness.sweep.tune.protocol import STATUS, reported_status, seed_key, suggestion_path
 from harness.trial.config import TrialConfig
 
 
@@ -120,10 +122,11 @@ def stopped_early_marker():
 class ReplicatedOptunaSearch(Searcher):
     """Suggestions from an Optuna study, each trained as `search.replicates` parallel Tune trials.
 
-    suggest() returns a trial's params: {"grid_point": {"variant": "search", "trial": <trial config
-    with the searched values and training.seed = base seed + r (packed: training.seeds, the seeds of
-    its replicates)>}, "overrides": {<searched key>: value}}; `cpus` and `experiment_dir` come from
-    the Tuner's param_space. Concurrency is left to
+    suggest() writes what a trial trains to its suggestion file (protocol.suggestion_path):
+    {"variant": "search", "trial": <trial config with the searched values and training.seed = base
+    seed + r (packed: training.seeds, the seeds of its replicates)>}, and returns the trial's params:
+    {"suggestion": <that file's name>, "overrides": {<searched key>: value}}; `cpus` and
+    `experiment_dir` come from the Tuner's param_space. Concurrency is left to
     Tune (TuneConfig.max_concurrent_trials). The bookkeeping below is plain JSON (save/restore);
     the study itself lives in the journal, so a restarted driver reopens it.
     """
@@ -242,7 +245,12 @@ class ReplicatedOptunaSearch(Searcher):
         # with (model.data_init_scale 1.0 in bases written before the key existed), so a study never mixes the two.
         with_legacy_run_defaults(config)
         config = TrialConfig.model_validate(config).model_dump(mode="json")
-        return {"grid_point": {"variant": "search", "trial": config}, "overrides": dict(params)}
+        # By reference, as grid trials go by index: Tune keeps every trial's params in the experiment
+        # state it rewrites, and the worker reads the file from the shared storage.
+        path = suggestion_path(self.experiment_dir, trial_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"variant": "search", "trial": config})
+        return {"suggestion": SUGGESTION_FILE, "overrides": dict(params)}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.errored and not error:  # `--resume --retry-errored` ran it again, same id

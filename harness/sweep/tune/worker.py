@@ -5,10 +5,13 @@ What a trial trains comes in one of two shapes of Tune params:
   {"trial_index": i, ...}     grid trials: entry i of the expanded trial list, which the driver hands
                               over once through tune.with_parameters (so Tune's params, results,
                               experiment_tag and folder names stay small)
+  {"suggestion": "mfcbench-suggestion.json", "overrides": {...}, ...}
+                              search trials (harness.sweep.tune.searcher): the file in the trial's folder
+                              holds {"variant", "trial"}, "trial" the full config, seed included;
+                              "overrides" only records what was searched
   {"grid_point": {"variant", "trial"}, "overrides": {...}, ...}
-                              a point built elsewhere (harness.sweep.tune.searcher's suggestions, and grid trials of
-                              experiments started before configs went by index): "trial" is the full
-                              config, seed included; "overrides" only records what was searched
+                              the same held whole in params, as experiments started before suggestions
+                              (and grid trials before configs) went by reference wrote them
 plus "cpus" and "experiment_dir". A run folder that already has a checkpoint resumes with its own
 config.yaml (only RESUME_SAFE_KEYS come from the params): an experiment started before a change of
 defaults, such as the validation split, finishes as it began.
@@ -56,7 +59,7 @@ from typing import Callable, Sequence
 from harness.compat import with_legacy_defaults
 from harness.files import write_json_atomic
 from harness.layout import TRIAL_META, run_folder, trial_folder
-from harness.sweep.tune.protocol import PER_SEED_METRICS, STATUS, seed_key
+from harness.sweep.tune.protocol import PER_SEED_METRICS, STATUS, seed_key, trial_point
 from harness.trial.config import TrialConfig
 from harness.trial.config_io import read_run_config, resume_config
 from harness.trial.device import trial_device
@@ -78,7 +81,7 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
     from harness.trial.errors import TrialFailed
     from harness.trial.precision import PrecisionError
 
-    variant, overrides, config_dict = _what_to_train(params, grid_trials)
+    variant, overrides, config_dict = _what_to_train(params, grid_trials, tune.get_context().get_trial_id())
     try:
         # Ray, not torch, knows whether this trial has a GPU: torch sees every GPU of the node
         config_dict["training"]["device"] = trial_device(config_dict["training"]["device"], ray.get_gpu_ids(),
@@ -320,15 +323,12 @@ def config_to_resume(run_dir: Path, requested: TrialConfig, log=print) -> TrialC
     return config
 
 
-def _what_to_train(params: dict, grid_trials: Sequence[dict]) -> tuple[str, dict, dict]:
+def _what_to_train(params: dict, grid_trials: Sequence[dict], trial_id: str) -> tuple[str, dict, dict]:
     """(variant, overrides, full trial config dict: a copy, the caller fills in threads)."""
-    if "trial_index" in params:
-        point, overrides = grid_trials[params["trial_index"]], grid_trials[params["trial_index"]]["overrides"]
-    else:
-        point, overrides = params["grid_point"], params.get("overrides", {})
+    point = trial_point(params, grid_trials, trial_id)
     # A trial recorded by an experiment started before a key existed (its grid trials, or the base a
     # pickled searcher holds) keeps training as that experiment began: its seeds stay comparable.
-    return point["variant"], overrides, with_legacy_defaults(json.loads(json.dumps(point["trial"])))
+    return point["variant"], point["overrides"], with_legacy_defaults(json.loads(json.dumps(point["trial"])))
 
 
 def _record_start(trial_dir: Path, variant: str, overrides: dict, trial_index: int | None, config: dict,

@@ -475,13 +475,13 @@ def test_a_sweep_started_before_validation_splits_keeps_training_on_all_images()
     recorded = small_config().model_dump(mode="json")
     del recorded["dataset"]["validation_fraction"]
     grid = [{"variant": "old", "overrides": {}, "trial": recorded}]
-    _, _, config = _what_to_train({"trial_index": 0}, grid)
+    _, _, config = _what_to_train({"trial_index": 0}, grid, "t0")
     assert config["dataset"]["validation_fraction"] == 0.0
     assert "validation_fraction" not in grid[0]["trial"]["dataset"]  # the recorded trial itself unchanged
-    _, _, searched = _what_to_train({"grid_point": {"variant": "search", "trial": recorded}}, [])
+    _, _, searched = _what_to_train({"grid_point": {"variant": "search", "trial": recorded}}, [], "t1")
     assert searched["dataset"]["validation_fraction"] == 0.0
     current = small_config(dataset={"validation_fraction": 0.2}).model_dump(mode="json")
-    _, _, today = _what_to_train({"trial_index": 0}, [{"variant": "new", "overrides": {}, "trial": current}])
+    _, _, today = _what_to_train({"trial_index": 0}, [{"variant": "new", "overrides": {}, "trial": current}], "t2")
     assert today["dataset"]["validation_fraction"] == 0.2
 
 

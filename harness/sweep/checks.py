@@ -20,6 +20,7 @@ from harness.sweep.load import load_sweep
 from harness.sweep.lock import held_under_lease, lock_problem
 from harness.sweep.overrides import REMOTE_STORAGE
 from harness.sweep.spec import SweepConfig, experiment_name_problem
+from harness.trial.config_io import flat
 
 
 # Files Ray un-pickles on --resume: tuner.pkl, searcher-state-*.pkl, callback-states-*.pkl,
@@ -211,20 +212,9 @@ def sweep_file_changes(experiment_dir: Path, source_text: str) -> list[str]:
         recorded.pop(key, None)
         now.pop(key, None)
     missing = object()
-    old, new = _flatten(recorded), _flatten(now)
+    old, new = flat(recorded), flat(now)
     return [f"{key}: {_show(old.get(key, missing), missing)} -> {_show(new.get(key, missing), missing)}"
             for key in sorted(old.keys() | new.keys()) if old.get(key, missing) != new.get(key, missing)]
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, path + "."))
-        else:
-            flat[path] = value
-    return flat
 
 
 def _show(value, missing) -> str:

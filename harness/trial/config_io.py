@@ -135,11 +135,12 @@ RESUME_SAFE_KEYS = ("dataset.data_root", "dataset.download", "training.device", 
                     "evaluation.batch_size")
 
 
-def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+def flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    """The nested mapping as one level of dotted keys (`model.latent_dims`)."""
     out = {}
     for key, value in data.items():
         if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat(value, f"{prefix}{key}."))
         else:
             out[prefix + key] = value
     return out
@@ -147,7 +148,7 @@ def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
 
 def differences(old: BaseModel, new: BaseModel) -> dict[str, tuple[Any, Any]]:
     """Dotted key -> (old value, new value) for every key whose value differs."""
-    a, b = _flat(old.model_dump(mode="json")), _flat(new.model_dump(mode="json"))
+    a, b = flat(old.model_dump(mode="json")), flat(new.model_dump(mode="json"))
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 

@@ -15,6 +15,7 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from harness.layout import MLFLOW_FILE, TRIAL_META, trial_folder
 from harness.sweep.tune.protocol import STATUS, reported_status
+from harness.trial.config_io import flat
 
 # Where SQLite's file locking cannot be trusted (SQLite's own FAQ; MLflow keeps its runs in SQLite here)
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "fuse.sshfs",
@@ -92,18 +93,8 @@ class TrialMLflowLogger(MLflowLoggerCallback):
             return
         self._described.add(trial.trial_id)
         params = [Param(f"config.{key}", str(value)[:PARAM_VALUE_CHARS])
-                  for key, value in sorted(_flatten(meta.get("config", {})).items())]
+                  for key, value in sorted(flat(meta.get("config", {})).items())]
         client, run_id = MlflowClient(self.tracking_uri), self._trial_runs[trial]
         for start in range(0, len(params), PARAMS_PER_BATCH):
             client.log_batch(run_id, params=params[start:start + PARAMS_PER_BATCH])
         client.set_tag(run_id, "mfcbench.variant", str(meta.get("variant")))
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

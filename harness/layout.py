@@ -29,6 +29,7 @@ SWEEP_FILE_EXPANSION = "# --- expanded by mfcbench ---"  # in SWEEP_FILE: the sw
 LOCK_FILE = "mfcbench-driver.lock"
 JOURNAL_FILE = "optuna.journal"
 MLFLOW_FILE = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlflow-artifacts"
 GRID_TRIALS_FILE = "mfcbench-grid-trials.json"
 TRIAL_META = "mfcbench-trial.json"
 SUGGESTION_FILE = "mfcbench-suggestion.json"

@@ -244,6 +244,51 @@ def test_waiting_for_a_lease_ends_when_it_runs_out_or_refuses_when_it_is_renewed
         wait_for_lease(experiment, log=said.append, poll_s=0.1)
 
 
+def test_an_empty_or_garbled_lock_frees_the_experiment_after_a_lease(tmp_path):
+    """A driver killed between creating its lock and writing it leaves an empty file: a requeue must
+    not be blocked by it for ever."""
+    sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0]}))
+    experiment = tmp_path / "results" / "t"
+    experiment.mkdir(parents=True)
+    (experiment / "tuner.pkl").write_bytes(b"not loaded")
+    for content in (b"", b"\xff\xfe{garbled"):
+        (experiment / LOCK_FILE).write_bytes(content)
+        with pytest.raises(SweepError, match="unreadable lock"):
+            check_before_start(sweep, tmp_path / "results", resume=True)
+        old = time.time() - 200
+        os.utime(experiment / LOCK_FILE, (old, old))
+        assert check_before_start(sweep, tmp_path / "results", resume=True) == experiment
+        said = []
+        with driver_lock(experiment, log=said.append):
+            assert json.loads((experiment / LOCK_FILE).read_text())["pid"] == os.getpid()
+        assert said and "lease (120.0 s) ran out" in said[0]
+
+
+def test_a_driver_whose_lock_was_taken_over_stops(tmp_path):
+    """A driver that could not renew for a whole lease (a hung filesystem) and wakes to find another
+    driver holding its experiment stops, as on Ctrl-C, and leaves the other's lock alone."""
+    experiment = tmp_path / "results" / "t"
+    with pytest.raises(KeyboardInterrupt):
+        with driver_lock(experiment, log=lambda s: None, lease_s=0.4):
+            theirs = write_lock(experiment, "gpu-node-7", 4242, lease_s=120)
+            time.sleep(2)
+    assert (experiment / LOCK_FILE).read_text() == theirs
+
+
+def test_a_folder_a_driver_left_before_tune_started_is_started_again(tmp_path):
+    from harness.layout import GRID_TRIALS_FILE, SWEEP_FILE
+
+    sweep, _ = load_sweep(write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0]}))
+    experiment = tmp_path / "results" / "t"
+    write_lock(experiment, socket.gethostname(), dead_pid())
+    (experiment / SWEEP_FILE).write_text("name: t\n")
+    (experiment / GRID_TRIALS_FILE).write_text("[]")
+    assert check_before_start(sweep, tmp_path / "results") == experiment
+    (experiment / "trial_0").mkdir()  # Tune started: a sweep is there
+    with pytest.raises(SweepError, match="already holds a sweep"):
+        check_before_start(sweep, tmp_path / "results")
+
+
 # -- real Ray -------------------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -289,6 +289,9 @@ def test_resume_refuses_an_edited_sweep_file_naming_each_change(tmp_path):
     with pytest.raises(SweepError, match=re.escape("grid.training.seed: [0, 1] -> [0, 1, 2]")):
         plan_sweep(tmp_path / "edited.yaml", resume_if_exists=True)
     assert sorted((p, p.read_bytes()) for p in experiment.rglob("*") if p.is_file()) == before
+    # an experiment started through the API without its file's text: nothing to compare
+    (experiment / SWEEP_FILE).write_text(f"\n{SWEEP_FILE_EXPANSION}\ntrials: []\n")
+    assert plan_sweep(tmp_path / "edited.yaml", resume=True).resume
 
 
 def test_resume_if_exists_starts_a_new_experiment_or_resumes_one(tmp_path):

@@ -12,7 +12,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.layout import LOCK_FILE, SWEEP_FILE, SWEEP_FILE_EXPANSION
+from harness.layout import (GRID_TRIALS_FILE, LOCK_FILE, MLFLOW_ARTIFACTS, MLFLOW_FILE, SWEEP_FILE,
+                            SWEEP_FILE_EXPANSION)
 from harness.paths import folder_problem
 from harness.sweep.describe import describe
 from harness.sweep.errors import SweepError
@@ -43,6 +44,10 @@ class SweepPlan:
     def describe(self) -> str:
         action = "resume" if self.resume else "new"
         return f"{describe(self.sweep, self.trials)}\nexperiment folder ({action}): {self.experiment_dir}"
+
+
+# What the driver writes into a new experiment folder before Tune's first state (tuner.pkl).
+BEFORE_TUNE = (LOCK_FILE, SWEEP_FILE, GRID_TRIALS_FILE, MLFLOW_FILE, MLFLOW_ARTIFACTS)
 
 
 def address_problem(address: str | None) -> str | None:
@@ -150,9 +155,10 @@ def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None
                 f"({experiment_dir / SWEEP_FILE}); a resume runs the recorded trials only, so these changes "
                 "would be ignored:\n" + "\n".join(f"  {line}" for line in changes)
                 + "\nundo them to resume, or run the edited file under a new --name (nothing was changed)")
-    # A folder holding only a lock is a new sweep whose driver died before writing anything.
+    # A folder holding only what a driver writes before Tune starts is a new sweep whose driver died
+    # before training anything: started again, its files are written anew.
     elif experiment_dir.exists() and (not experiment_dir.is_dir()
-                                      or any(p.name != LOCK_FILE for p in experiment_dir.iterdir())):
+                                      or any(p.name not in BEFORE_TUNE for p in experiment_dir.iterdir())):
         problems.append(f"{experiment_dir} already holds a sweep; pass --resume to finish it, or --name/--storage "
                         "for a new one (nothing was changed)")
     if problems:
@@ -203,6 +209,8 @@ def sweep_file_changes(experiment_dir: Path, source_text: str) -> list[str]:
 
     try:
         recorded_text = (experiment_dir / SWEEP_FILE).read_text().split(SWEEP_FILE_EXPANSION)[0]
+        if not recorded_text.strip():  # started through the API without its file's text
+            return []
         recorded, now = yaml.safe_load(recorded_text) or {}, yaml.safe_load(source_text) or {}
     except (OSError, yaml.YAMLError):
         return []

@@ -11,9 +11,11 @@ from before leases carries no lease_s: from another host it is never judged stal
 """
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -43,16 +45,24 @@ def _pid_alive(pid: int) -> bool:
 def read_lock(experiment_dir: Path) -> dict | None:
     """The lock's holder {host, pid, started, lease_s}, or None when there is no lock."""
     try:
-        text = (experiment_dir / LOCK_FILE).read_text()
+        text = (experiment_dir / LOCK_FILE).read_text(errors="replace")
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as error:  # a storage error: judged as an unreadable lock, never as none
+        text = f"<{error}>"
+    return _parse_lock(text)
+
+
+def _parse_lock(text: str) -> dict:
     try:
         holder = json.loads(text)
         if isinstance(holder, dict) and isinstance(holder.get("host"), str) and isinstance(holder.get("pid"), int):
             return holder
     except json.JSONDecodeError:
         pass
-    return {"host": "?", "pid": -1, "started": f"unreadable lock ({text[:80]!r})"}
+    # Empty (a driver killed between creating and writing it) or garbled: stale once the file has not
+    # changed for a lease, as a lock nobody renews.
+    return {"host": "?", "pid": -1, "started": f"unreadable lock ({text[:80]!r})", "lease_s": LEASE_S}
 
 
 def lease_left(experiment_dir: Path, holder: dict) -> float | None:
@@ -68,9 +78,10 @@ def lease_left(experiment_dir: Path, holder: dict) -> float | None:
 
 
 def is_stale(holder: dict, experiment_dir: Path | None = None) -> bool:
-    """Whether the holder is gone: a driver on this host that no longer runs, or a lease not renewed in time."""
-    if holder["host"] == socket.gethostname():
-        return not _pid_alive(holder["pid"])
+    """Whether the holder is gone: a driver on this host that no longer runs, or (on any host, a reused
+    pid here included) a lease not renewed in time."""
+    if holder["host"] == socket.gethostname() and not _pid_alive(holder["pid"]):
+        return True
     left = lease_left(experiment_dir, holder) if experiment_dir is not None else None
     return left is not None and left < 0
 
@@ -111,7 +122,10 @@ def wait_for_lease(experiment_dir: Path, log=print, poll_s: float = 5.0) -> None
     if holder["host"] == socket.gethostname() or left is None:
         raise SweepError(lock_problem(experiment_dir))
     path = experiment_dir / LOCK_FILE
-    renewed = path.stat().st_mtime
+    try:
+        renewed = path.stat().st_mtime
+    except FileNotFoundError:
+        return  # released meanwhile
     log(f"the experiment is locked by host {holder['host']} (pid {holder['pid']}); waiting up to {left:.0f} s "
         "for its lease to run out (a live driver renews it)")
     while True:
@@ -119,7 +133,10 @@ def wait_for_lease(experiment_dir: Path, log=print, poll_s: float = 5.0) -> None
             now = path.stat().st_mtime
         except FileNotFoundError:
             return  # released
-        if now != renewed or read_lock(experiment_dir) != holder:
+        current = read_lock(experiment_dir)
+        if current is None:
+            return
+        if now != renewed or current != holder:
             raise SweepError(lock_problem(experiment_dir) or f"{experiment_dir}: another driver took the lock")
         left = renewed + holder["lease_s"] - time.time()
         if left < 0:
@@ -162,23 +179,33 @@ def driver_lock(experiment_dir: Path, log=print, lease_s: float = LEASE_S):
 
 
 def _renew(experiment_dir: Path, mine: dict, every_s: float, stop: threading.Event) -> None:
+    """Touch the lock every every_s seconds while it is this driver's. If another driver took it over
+    (this one failed to renew for a whole lease: a hung filesystem, a suspended job), two drivers would
+    write one experiment: this one is interrupted as by Ctrl-C, which Tune ends by saving its state."""
     while not stop.wait(every_s):
-        if read_lock(experiment_dir) != mine:
-            return  # taken over after this driver failed to renew in time: not ours to touch
         try:
+            holder = read_lock(experiment_dir)
+            if holder is not None and (holder["host"], holder["pid"]) != (mine["host"], mine["pid"]):
+                print(f"mfcbench: the lock of {experiment_dir} was taken over by host {holder['host']}, pid "
+                      f"{holder['pid']}, after this driver failed to renew it; stopping this driver",
+                      file=sys.stderr, flush=True)
+                _thread.interrupt_main()
+                return
             os.utime(experiment_dir / LOCK_FILE)
-        except OSError:
-            pass  # a storage hiccup: the next renewal tries again, well within the lease
+        except Exception:  # a storage hiccup: the next renewal tries again, well within the lease
+            continue
 
 
 def _create(path: Path, mine: dict, experiment_dir: Path, log) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        holder = read_lock(experiment_dir)
-        if holder is None:  # released between the two calls: try once more
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:  # released between the two calls: try once more
             return _create(path, mine, experiment_dir, log)
-        if not is_stale(holder, experiment_dir):
+        holder = _parse_lock(raw.decode(errors="replace"))
+        if not is_stale(holder, experiment_dir) and not _is_mine(holder):  # mine: a reused pid, not written by us
             raise SweepError(lock_problem(experiment_dir)) from None
         # Moved aside, not deleted: of two drivers taking over at once, one rename wins, and a lock
         # created after we looked (moved by mistake) is put back.
@@ -188,10 +215,10 @@ def _create(path: Path, mine: dict, experiment_dir: Path, log) -> None:
         except FileNotFoundError:
             return _create(path, mine, experiment_dir, log)
         try:
-            moved = json.loads(claimed.read_text())
-        except (OSError, ValueError):
+            moved = claimed.read_bytes()
+        except OSError:
             moved = None
-        if moved != holder:
+        if moved != raw:
             try:
                 os.link(claimed, path)
             except FileExistsError:
@@ -199,8 +226,8 @@ def _create(path: Path, mine: dict, experiment_dir: Path, log) -> None:
             claimed.unlink()
             return _create(path, mine, experiment_dir, log)
         claimed.unlink()
-        why = ("a driver that no longer runs" if holder["host"] == socket.gethostname()
-               else f"a driver whose lease ({holder['lease_s']} s) ran out")
+        dead_here = holder["host"] == socket.gethostname() and not _pid_alive(holder["pid"])
+        why = "a driver that no longer runs" if dead_here else f"a driver whose lease ({holder.get('lease_s')} s) ran out"
         log(f"taking over the stale lock of {why} (host {holder['host']}, pid {holder['pid']}, "
             f"started {holder.get('started', '?')})")
         return _create(path, mine, experiment_dir, log)

@@ -13,7 +13,7 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from harness.layout import MLFLOW_FILE, TRIAL_META, trial_folder
+from harness.layout import MLFLOW_ARTIFACTS, MLFLOW_FILE, TRIAL_META, trial_folder
 from harness.sweep.tune.protocol import STATUS, reported_status
 from harness.trial.config_io import flat
 
@@ -58,7 +58,7 @@ def mlflow_callback(experiment_dir: Path, verbose: int, log=print) -> "TrialMLfl
     # Created here, not by the callback, so artifacts have a place inside the experiment folder
     # instead of ./mlruns under whatever folder the sweep was started from.
     if client.get_experiment_by_name(experiment_dir.name) is None:
-        client.create_experiment(experiment_dir.name, artifact_location=(experiment_dir / "mlflow-artifacts").as_uri())
+        client.create_experiment(experiment_dir.name, artifact_location=(experiment_dir / MLFLOW_ARTIFACTS).as_uri())
     return TrialMLflowLogger(experiment_dir, tracking_uri=uri, experiment_name=experiment_dir.name,
                              tags={"mfcbench.experiment_dir": str(experiment_dir)})
 

@@ -23,6 +23,7 @@ while [[ $# -gt 0 && $1 == --* ]]; do shift; done
 exec "$@"
 """
 SCONTROL = """#!/usr/bin/env bash
+if [[ $1 == requeue ]]; then echo "scontrol $*" >> "$STUB_LOG"; exit 0; fi
 [[ $1 == show && $2 == hostnames ]] || { echo "stub scontrol: $*" >&2; exit 2; }
 printf '%s\\n' node1 node2
 """
@@ -50,9 +51,29 @@ def _epochs(run_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _lines(experiment: Path) -> dict[Path, int]:
+    """Evaluations written so far by each run that has not finished."""
+    return {p: len(p.read_text().splitlines()) for p in experiment.glob("trial_*/runs/seed*/metrics.jsonl")
+            if not (p.parent / "result.json").exists()}
+
+
+def _wait_until(job: subprocess.Popen, ready, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ready():
+            return
+        assert job.poll() is None, f"the job ended before {what}:\n{job.stdout.read()[-3000:]}"
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting until {what}")
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_slurm_job_requeued_mid_sweep_finishes_every_trial_once(tmp_path):
+    """The same script three times, as SLURM runs it: stopped by USR1 near its time limit (it requeues
+    itself), then its node lost mid-run (killed, Ray included), then to the end."""
+    import signal
+
     stubs, home, temp = tmp_path / "stubs", tmp_path / "home", short_temp_dir()
     stubs.mkdir()
     home.mkdir()
@@ -71,43 +92,52 @@ def test_slurm_job_requeued_mid_sweep_finishes_every_trial_once(tmp_path):
                MFCBENCH=str(BIN / "mfcbench"), RAY=str(BIN / "ray"), PYTHON=sys.executable)
     assert run([str(BIN / "ray"), "get-auth-token", "--generate"], env, timeout=60).returncode == 0
     experiment = tmp_path / "results" / "q"
-    job = subprocess.Popen(["bash", str(SBATCH)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            done = list(experiment.glob("trial_*/runs/seed*/result.json"))
-            partial = [p for p in experiment.glob("trial_*/runs/seed*/metrics.jsonl")
-                       if not (p.parent / "result.json").exists() and 3 <= len(p.read_text().splitlines()) <= 20]
-            if done and partial:
-                break
-            assert job.poll() is None, f"the job ended before it could be requeued:\n{job.stdout.read()[-3000:]}"
-            time.sleep(0.2)
-        else:
-            pytest.fail("no trial finished in time")
-    finally:  # the node is lost: every process of the job, Ray's included, is killed
-        kill_all(processes_of(temp, roots=[job.pid]))
-    first_log = job.stdout.read()
-    finished_before = {p: p.read_text() for p in experiment.glob("trial_*/runs/seed*/result.json")}
-    assert 1 <= len(finished_before) < 4, first_log[-3000:]
 
-    env["SLURM_RESTART_COUNT"] = "1"  # SLURM's requeue runs the same script again
+    def launch(restart: int) -> subprocess.Popen:
+        return subprocess.Popen(["bash", str(SBATCH)], env={**env, "SLURM_RESTART_COUNT": str(restart)},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    # 1. the time limit is near: SLURM signals the batch shell, which stops the driver and requeues
+    job = launch(0)
     try:
-        requeued = run(["bash", str(SBATCH)], env, timeout=400)
+        _wait_until(job, lambda: list(experiment.glob("trial_*/runs/seed*/result.json"))
+                    and any(3 <= n <= 20 for n in _lines(experiment).values()), "a trial finished")
+        job.send_signal(signal.SIGUSR1)
+        out, _ = job.communicate(timeout=180)
+    finally:
+        kill_all(processes_of(temp, roots=[job.pid]))
+    assert job.returncode == 0, out[-3000:]
+    assert "the time limit is near" in out and "scontrol requeue 42" in (tmp_path / "srun.log").read_text()
+    assert not (experiment / "mfcbench-driver.lock").exists()  # a driver that stopped releases its lock
+    finished = {p: p.read_text() for p in experiment.glob("trial_*/runs/seed*/result.json")}
+    assert 1 <= len(finished) < 4, out[-3000:]
+
+    # 2. requeued, then its node is lost mid-run: every process of the job is killed
+    before = _lines(experiment)
+    job = launch(1)
+    try:
+        _wait_until(job, lambda: any(n >= before.get(p, 0) + 3 for p, n in _lines(experiment).items()),
+                    "a run went on")
+    finally:
+        kill_all(processes_of(temp, roots=[job.pid]))
+
+    # 3. requeued again: it finishes
+    try:
+        requeued = run(["bash", str(SBATCH)], {**env, "SLURM_RESTART_COUNT": "2"}, timeout=400)
     finally:
         kill_all(processes_of(temp))
     assert requeued.returncode == 0, requeued.stdout[-3000:] + requeued.stderr[-3000:]
-    assert "mfcbench: SLURM job 42, start 1, 2 node(s), Ray head 127.0.0.2:" in requeued.stdout
+    assert "mfcbench: SLURM job 42, start 2, 2 node(s), Ray head 127.0.0.2:" in requeued.stdout
     assert "sweep finished: 4 trials, 0 errored" in requeued.stdout
     results = sorted(experiment.glob("trial_*/runs/seed*/result.json"))
     assert len(results) == 4
-    for path, text in finished_before.items():
+    for path, text in finished.items():
         assert path.read_text() == text, f"{path} was trained again"
     for path in results:
         assert json.loads(path.read_text())["status"] == "completed"
         assert _epochs(path.parent) == list(range(1, 81)), f"{path.parent}: evaluations {_epochs(path.parent)}"
     steps = (tmp_path / "srun.log").read_text().splitlines()
-    assert sum("start --head" in s for s in steps) == 2 and sum("--exclude=node1" in s for s in steps) == 2
+    assert sum("start --head" in s for s in steps) == 3 and sum("--exclude=node1" in s for s in steps) == 3
 
 
 # -- KubeRay ---------------------------------------------------------------------------------------

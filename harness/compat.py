@@ -12,7 +12,9 @@ old files:
      default depended on the data: 10 epochs per step (with_legacy_defaults);
   3. modules moved into packages (harness.trial, harness.sweep, harness.sweep.tune): Tune's
      tuner.pkl and a pickled searcher name the old modules, which resolve to the new ones
-     (LEGACY_MODULES, install_legacy_modules, called before a Tune experiment is restored).
+     (LEGACY_MODULES, install_legacy_modules, called before a Tune experiment is restored);
+  4. a searcher pickled before suggestions were recorded resolved, or before packing, and its saved
+     state before lost trials or finished seeds were kept (upgrade_searcher, upgrade_searcher_state).
 """
 from __future__ import annotations
 
@@ -103,3 +105,25 @@ def install_legacy_modules() -> None:
     for old in LEGACY_MODULES:
         if old not in sys.modules and importlib.util.find_spec(old) is None:
             sys.modules[old] = _LegacyModule(old)
+
+
+# What a pickled ReplicatedOptunaSearch means by an attribute it lacks: one pickled before suggestions
+# were recorded fully resolved keeps the defaults its first seeds trained with (with_legacy_defaults on
+# each suggestion); one pickled before packing trains one seed per trial.
+LEGACY_SEARCHER_ATTRIBUTES = {"resolves_defaults": False, "pack": 1}
+
+
+def upgrade_searcher(attributes: dict) -> dict:
+    """A pickled searcher's attributes with those it lacks set as the code that pickled it meant them."""
+    for name, value in LEGACY_SEARCHER_ATTRIBUTES.items():
+        attributes.setdefault(name, value)
+    return attributes
+
+
+def upgrade_searcher_state(state: dict) -> dict:
+    """A searcher's saved bookkeeping (Searcher.save) made current: saved before trials Ray lost were
+    kept ("errored": none), before finished seeds were recorded (each suggestion's "finished": none)."""
+    state.setdefault("errored", {})
+    for outcome in state["suggestions"].values():
+        outcome.setdefault("finished", [])
+    return state

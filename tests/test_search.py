@@ -222,6 +222,16 @@ def test_searcher_survives_a_driver_restart(tmp_path):
     assert len(journal_study(tmp_path).trials) == 4
 
 
+def unpickled_without(searcher, *attributes):
+    """The searcher as un-pickling it gives when an older mfcbench pickled it without `attributes`."""
+    state = dict(searcher.__getstate__())  # what pickling stores, as pickle.dumps would take it
+    for name in attributes:
+        del state[name]
+    old = type(searcher).__new__(type(searcher))
+    old.__setstate__(state)
+    return old
+
+
 def test_suggestions_are_resolved_and_a_searcher_from_before_keeps_the_old_epochs(tmp_path):
     """A suggestion records concrete epochs and architecture; a searcher pickled before unset epochs
     depended on the data (issue 11) keeps 10 per step, as its finished seeds trained."""
@@ -230,9 +240,10 @@ def test_suggestions_are_resolved_and_a_searcher_from_before_keeps_the_old_epoch
     trial = suggested(searcher, "t0")["trial"]
     assert trial["training"]["epochs_per_step"] == [math.ceil(DEFAULT_OPTIMISER_STEPS / 6)]  # 6 batches/epoch
     assert trial["model"]["architecture"] == "shared-mlp"  # one facet
-    old = pickle.loads(pickle.dumps(searcher))
-    del old.resolves_defaults  # what un-pickling a searcher saved by the earlier code gives
+    old = unpickled_without(searcher, "resolves_defaults")  # as the earlier code pickled it
     assert suggested(old, "t1")["trial"]["training"]["epochs_per_step"] == [10]
+    assert unpickled_without(searcher, "pack").seeds_per_trial == 1  # pickled before packing existed
+    assert pickle.loads(pickle.dumps(searcher)).resolves_defaults  # today's keeps its own
     recorded = {"model": {"latent_dims": [3, 2]}, "training": {"epochs_per_step": None}}
     assert with_legacy_defaults(recorded)["training"]["epochs_per_step"] == [10, 10]
 

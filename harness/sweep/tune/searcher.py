@@ -30,7 +30,7 @@ from pathlib import Path
 from ray.tune.search import Searcher
 
 from harness.agreement import suggestion_agreement
-from harness.compat import with_legacy_defaults, with_legacy_run_defaults
+from harness.compat import upgrade_searcher, upgrade_searcher_state, with_legacy_defaults, with_legacy_run_defaults
 from harness.layout import JOURNAL_FILE, STOPPED_EARLY_FILE, run_folder
 from harness.sweep.expand import (
     SEED_KEY,
@@ -140,12 +140,10 @@ class ReplicatedOptunaSearch(Searcher):
         super().__init__(metric=metrics if len(metrics) > 1 else next(iter(metrics), None),
                          mode=modes if len(modes) > 1 else next(iter(modes), None))
         self.base = resolved_base(sweep.base)
-        # Suggestions are recorded fully resolved. A searcher pickled before defaults depended on the
-        # data lacks this flag: its suggestions keep the defaults its first seeds trained with.
+        # Suggestions are recorded fully resolved (a searcher pickled earlier: harness.compat).
         self.resolves_defaults = True
         self._study = None
-        # Seeds per Tune trial (`pack`, harness.sweep.expand.search_pack). A searcher pickled before packing
-        # existed lacks it: one seed per trial (seeds_per_trial).
+        # Seeds per Tune trial (`pack`, harness.sweep.expand.search_pack).
         self.pack = search_pack(sweep)
         # Suggestions whose seeds are not all handed out yet: [optuna number, params, next replicate].
         self.unassigned: list[list] = []
@@ -163,6 +161,9 @@ class ReplicatedOptunaSearch(Searcher):
         # Tune pickles the searcher into tuner.pkl; an open journal storage holds a lock.
         return {**self.__dict__, "_study": None}
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(upgrade_searcher(state))  # one an older mfcbench pickled, made current
+
     @property
     def study(self):
         if self._study is None:
@@ -175,7 +176,7 @@ class ReplicatedOptunaSearch(Searcher):
 
     @property
     def seeds_per_trial(self) -> int:
-        return getattr(self, "pack", 1)
+        return self.pack
 
     def _group_size(self, replicate: int) -> int:
         """How many replicates the Tune trial starting at `replicate` trains (replicate_groups)."""
@@ -239,7 +240,7 @@ class ReplicatedOptunaSearch(Searcher):
         # The seed replaces any the base or params hold (with_overrides drops the other seed key).
         config = with_overrides(with_overrides(self.base, params),
                                 {SEED_KEY: seeds[0]} if count == 1 else {SEEDS_KEY: seeds})
-        if not getattr(self, "resolves_defaults", False):
+        if not self.resolves_defaults:
             config = with_legacy_defaults(config)
         # A base pickled before a key existed lacks it: its suggestions keep what its first seeds trained
         # with (model.data_init_scale 1.0 in bases written before the key existed), so a study never mixes the two.
@@ -363,12 +364,10 @@ class ReplicatedOptunaSearch(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         from optuna.trial import TrialState
 
-        state = json.loads(Path(checkpoint_path).read_text())
+        state = upgrade_searcher_state(json.loads(Path(checkpoint_path).read_text()))
         self.unassigned, self.asked, self.seed_of = state["unassigned"], state["asked"], state["seed_of"]
-        self.errored = state.get("errored", {})
+        self.errored = state["errored"]
         self.suggestions = {int(k): v for k, v in state["suggestions"].items()}
-        for outcome in self.suggestions.values():  # saved before finished seeds were recorded
-            outcome.setdefault("finished", [])
         # A suggestion asked after the last save has no Tune trials and never will: close it.
         for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in self.suggestions:

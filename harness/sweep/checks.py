@@ -19,7 +19,7 @@ from harness.sweep.describe import describe
 from harness.sweep.errors import SweepError
 from harness.sweep.load import load_sweep
 from harness.sweep.lock import held_under_lease, lock_problem
-from harness.sweep.overrides import REMOTE_STORAGE
+from harness.sweep.overrides import REMOTE_STORAGE, absolute_path
 from harness.sweep.spec import SweepConfig, experiment_name_problem
 from harness.trial.config_io import flat
 
@@ -87,7 +87,7 @@ def experiment_path(storage: str | Path, name: str) -> Path | None:
     """`storage/name` as an absolute path, or None for remote storage (refused by check_before_start)."""
     if REMOTE_STORAGE.match(str(storage)):
         return None
-    return Path(os.path.abspath(Path(str(storage)).expanduser())) / name
+    return Path(absolute_path(str(storage))) / name
 
 
 def has_tune_state(experiment_dir: Path | None) -> bool:
@@ -124,7 +124,7 @@ def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None
         problems.append(f"storage {storage_text!r}: remote storage URIs (s3://, gs://, ...) are not supported yet; "
                         "use a local folder or a shared filesystem every node mounts (e.g. NFS)")
         raise SweepError("\n".join(problems))
-    storage_dir = Path(os.path.abspath(Path(storage_text).expanduser()))
+    storage_dir = Path(absolute_path(storage_text))
     storage_problem = folder_problem(storage_dir, "storage")
     if storage_problem:
         problems.append(storage_problem)

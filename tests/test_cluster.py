@@ -267,10 +267,15 @@ def test_an_empty_or_garbled_lock_frees_the_experiment_after_a_lease(tmp_path):
         assert said and "lease (120.0 s) ran out" in said[0]
 
 
-def test_a_driver_whose_lock_was_taken_over_stops(tmp_path):
+def test_a_driver_whose_lock_was_taken_over_stops(tmp_path, request):
     """A driver that could not renew for a whole lease (a hung filesystem) and wakes to find another
     driver holding its experiment stops, as on Ctrl-C, and leaves the other's lock alone."""
+    import signal
+
     experiment = tmp_path / "results" / "t"
+    # Python's own Ctrl-C handler, whatever an earlier test in this process (Ray, Tune) left installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     with pytest.raises(KeyboardInterrupt):
         with driver_lock(experiment, log=lambda s: None, lease_s=0.4):
             theirs = write_lock(experiment, "gpu-node-7", 4242, lease_s=120)

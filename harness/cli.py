@@ -229,9 +229,9 @@ def _cmd_sweep(args) -> int:
     if args.dry_run:
         print(plan.describe())
         return 0
-    experiment = plan.experiment_dir
+    experiment = plan.location
     try:
-        results = run_sweep(plan.sweep, plan.trials, experiment.parent, name=experiment.name, address=args.address,
+        results = run_sweep(plan.sweep, plan.trials, plan.storage, name=plan.name, address=args.address,
                             resume=plan.resume, retry_errored=args.retry_errored and plan.resume,
                             source_text=plan.source_text, wait_for_lock=args.resume_if_exists,
                             ray_temp_dir=args.ray_temp_dir, verbose=args.verbose, allow_pending=args.allow_pending,
@@ -246,8 +246,9 @@ def _cmd_sweep(args) -> int:
     if args.tracker == "mlflow":
         from harness.sweep.tune.tracking import mlflow_tracking_uri
 
-        print(f"MLflow: mlflow ui --backend-store-uri {mlflow_tracking_uri(experiment)}")
-    print(f"report it with: mfcbench report {experiment} --out {experiment}/report")
+        print(f"MLflow: mlflow ui --backend-store-uri {mlflow_tracking_uri(plan.experiment_dir)}")
+    out = plan.experiment_dir if experiment.startswith(str(plan.experiment_dir)) else plan.name
+    print(f"report it with: mfcbench report {experiment} --out {out}/report")
     return 0
 
 

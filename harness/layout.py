@@ -21,8 +21,8 @@ and training code).
   trial_<id>/mfcbench-stopped-early.json   written when the scheduler (ASHA) stopped the trial early
   trial_<id>/...          Ray Tune's own files: error.txt for a lost actor; with `ray_loggers: true`
                           also params.json, result.json, progress.csv and events
-Run folders are written straight into storage, so on a multi-node cluster `storage` must be a
-filesystem every node mounts (Ray's own rule for multi-node storage).
+Run folders are written straight into a storage folder, which on a multi-node cluster every node
+mounts; on bucket storage (harness.storage) the bucket holds this same layout, uploaded by each trial.
 """
 SWEEP_FILE = "mfcbench-sweep.yaml"
 SWEEP_FILE_EXPANSION = "# --- expanded by mfcbench ---"  # in SWEEP_FILE: the sweep file as given above it

@@ -18,12 +18,30 @@ def _cmd_report(args) -> int:
         # Options, inputs and --out are all checked (in reports) before any run is read or file written
         options = ReportOptions(lpips_samples=args.lpips_samples, sample_temperature=args.sample_temperature,
                                 probes=not args.no_probes, run_figures=not args.no_run_figures)
-        index = build_report(args.paths, args.out, options)
+        index = build_report([downloaded(path) for path in args.paths], args.out, options)
     except (OSError, ValueError) as error:
         print(f"mfcbench report: {error}", file=sys.stderr)
         return 2
     print(f"report written: {index}")
     return 0
+
+
+def downloaded(path: str) -> str:
+    """A bucket experiment (s3://..., gs://...) as a folder: downloaded whole into this machine's copy
+    of it (harness.storage), which then reads as the folder of a POSIX run would; a folder as it is."""
+    from harness.storage import Bucket, bucket_problem, is_bucket, local_copy
+
+    if not is_bucket(path):
+        return path
+    if problem := bucket_problem(path):
+        raise ValueError(problem)
+    bucket, local = Bucket(path), local_copy(path, "report")
+    if not bucket.files():
+        raise ValueError(f"{path}: nothing there (check the bucket and the experiment name)")
+    local.mkdir(parents=True, exist_ok=True)
+    count = bucket.download(local)
+    print(f"{path}: {count} files downloaded to {local}", flush=True)
+    return str(local)
 
 
 def _cmd_parity(args) -> int:
@@ -82,7 +100,7 @@ def lpips_sample_count(text: str) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="tables and figures from finished sweeps and runs")
-    p.add_argument("paths", nargs="+", metavar="EXPERIMENT_DIR", help="sweep experiment folders or run folders")
+    p.add_argument("paths", nargs="+", metavar="EXPERIMENT_DIR", help="sweep experiment folders (or their s3://, gs:// URIs) or run folders")
     p.add_argument("--out", required=True,
                    help="folder for summary.*, figures and index.html: a new or empty folder, or one an earlier "
                         "report wrote (it holds mfcbench-report.json); never an input or a folder holding one")

@@ -186,6 +186,7 @@ def test_rayjob_manifests_validate_against_the_kuberay_crd(manifest):
     import jsonschema
 
     from harness.cli import build_parser
+    from harness.storage import is_bucket
 
     documents = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
     jobs = [d for d in documents if d["kind"] == "RayJob"]
@@ -204,6 +205,10 @@ def test_rayjob_manifests_validate_against_the_kuberay_crd(manifest):
         cluster = job["spec"]["rayClusterSpec"]
         pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
         for pod in pods:  # every Ray pod mounts the storage, from a ReadWriteMany claim in the same file
+            if is_bucket(args.storage):  # or, on a bucket, has the credentials pyarrow reads
+                assert all(c["envFrom"][0]["secretRef"]["name"] for c in pod["spec"]["containers"])
+                assert not claims, f"{manifest.name}: a bucket sweep needs no shared volume"
+                continue
             volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
             for container in pod["spec"]["containers"]:
                 mounts = [m for m in container["volumeMounts"] if args.storage.startswith(m["mountPath"])]

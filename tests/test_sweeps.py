@@ -223,7 +223,7 @@ def test_where_a_sweep_goes_is_checked_without_creating_anything(tmp_path):
             (tmp_path, "../x", "--name '../x' is not a plain folder name"),
             (tmp_path, "..", "--name '..' is not a plain folder name"),
             (tmp_path, "a/b", "--name 'a/b' is not a plain folder name"),
-            ("gs://bucket/results", None, "storage 'gs://bucket/results': remote storage URIs"),
+            ("file:///results", None, "storage 'file:///results': give a folder as a path, not a file:// URI"),
             (tmp_path / "a-file" / "results", None, f"cannot be created: {tmp_path / 'a-file'} is a file"),
             (tmp_path / "a-file", None, f"storage {tmp_path / 'a-file'} is a file, not a folder")]:
         with pytest.raises(SweepError, match=re.escape(expected)):

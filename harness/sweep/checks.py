@@ -15,6 +15,7 @@ from pathlib import Path
 from harness.layout import (GRID_TRIALS_FILE, LOCK_FILE, MLFLOW_ARTIFACTS, MLFLOW_FILE, SWEEP_FILE,
                             SWEEP_FILE_EXPANSION)
 from harness.paths import folder_problem
+from harness.storage import Bucket, bucket_problem, is_bucket, join, local_copy
 from harness.sweep.describe import describe
 from harness.sweep.errors import SweepError
 from harness.sweep.load import load_sweep
@@ -37,13 +38,20 @@ class SweepPlan:
 
     sweep: SweepConfig
     trials: list[dict]
-    experiment_dir: Path
+    experiment_dir: Path  # on a bucket: the driver's node-local copy of its top-level files
     resume: bool
     source_text: str
+    storage: str  # a folder (absolute) or a bucket URI
+    name: str
+
+    @property
+    def location(self) -> str:
+        """Where the experiment is: its folder, or its URI on a bucket."""
+        return join(self.storage, self.name) if is_bucket(self.storage) else str(self.experiment_dir)
 
     def describe(self) -> str:
         action = "resume" if self.resume else "new"
-        return f"{describe(self.sweep, self.trials)}\nexperiment folder ({action}): {self.experiment_dir}"
+        return f"{describe(self.sweep, self.trials)}\nexperiment folder ({action}): {self.location}"
 
 
 # What the driver writes into a new experiment folder before Tune's first state (tuner.pkl).
@@ -75,19 +83,24 @@ def plan_sweep(file: str | Path, storage: str | None = None, name: str | None = 
     sweep, trials = load_sweep(file)
     storage = storage or sweep.storage
     source_text = Path(file).read_text()
+    name = sweep.name if name is None else name
     if resume_if_exists:
-        resume = has_tune_state(experiment_path(storage, sweep.name if name is None else name))
+        resume = tune_state_at(storage, name)
         retry_errored = retry_errored and resume
     experiment_dir = check_before_start(sweep, storage, name, resume, retry_errored, trust_experiment_dir, tracker,
                                         source_text=source_text, wait_for_lease=resume_if_exists)
-    return SweepPlan(sweep, trials, experiment_dir, resume, source_text)
+    storage = storage if is_bucket(storage) else str(experiment_dir.parent)
+    return SweepPlan(sweep, trials, experiment_dir, resume, source_text, storage, name)
 
 
-def experiment_path(storage: str | Path, name: str) -> Path | None:
-    """`storage/name` as an absolute path, or None for remote storage (refused by check_before_start)."""
-    if REMOTE_STORAGE.match(str(storage)):
-        return None
-    return Path(absolute_path(str(storage))) / name
+def tune_state_at(storage: str | Path, name: str) -> bool:
+    """Whether `storage/name` (a folder or a bucket) holds an experiment Ray Tune can resume."""
+    if is_bucket(storage):
+        try:
+            return Bucket(join(storage, name)).exists("tuner.pkl")
+        except OSError:  # an unreachable bucket: check_before_start names why
+            return False
+    return has_tune_state(Path(absolute_path(str(storage))) / name)
 
 
 def has_tune_state(experiment_dir: Path | None) -> bool:
@@ -105,7 +118,8 @@ def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None
     started from, and every change that would be ignored is refused. With wait_for_lease, a lock that
     another host holds under a lease is left to the driver, which waits for the lease to run out.
     Raises SweepError listing every problem; creates nothing (a storage folder that does not exist yet
-    is judged by its nearest existing ancestor).
+    is judged by its nearest existing ancestor). On a bucket the experiment folder returned is the
+    driver's node-local copy of its top-level files (bucket_copy), downloaded afresh.
     """
     problems = []
     if retry_errored and not resume:
@@ -120,12 +134,13 @@ def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None
     if name_problem:
         problems.append(f"--name {name_problem}")
     storage_text = str(storage)
-    if REMOTE_STORAGE.match(storage_text):
-        problems.append(f"storage {storage_text!r}: remote storage URIs (s3://, gs://, ...) are not supported yet; "
-                        "use a local folder or a shared filesystem every node mounts (e.g. NFS)")
-        raise SweepError("\n".join(problems))
-    storage_dir = Path(absolute_path(storage_text))
-    storage_problem = folder_problem(storage_dir, "storage")
+    if is_bucket(storage_text):
+        storage_dir, storage_problem = bucket_copy(storage_text, name, sweep, problems, download=not name_problem)
+    elif REMOTE_STORAGE.match(storage_text):  # file://
+        storage_dir, storage_problem = None, (f"storage {storage_text!r}: give a folder as a path, not a file:// URI")
+    else:
+        storage_dir = Path(absolute_path(storage_text))
+        storage_problem = folder_problem(storage_dir, "storage")
     if storage_problem:
         problems.append(storage_problem)
     if name_problem or storage_problem:
@@ -164,6 +179,27 @@ def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None
     if problems:
         raise SweepError("\n".join(problems))
     return experiment_dir
+
+
+def bucket_copy(storage: str, name: str, sweep: SweepConfig, problems: list[str],
+                download: bool = True) -> tuple[Path, str | None]:
+    """(the driver's node-local stand-in for the bucket storage, a problem or None). The experiment's
+    top-level files (mfcbench's and Ray Tune's) are downloaded into it, so the checks below read them
+    as in a folder; the driver's lock stays local (a bucket has no atomic create-if-absent through
+    pyarrow: one driver per experiment at a time is the launcher's to keep, as a RayJob or a SLURM job does)."""
+    uri = join(storage, name)
+    local = local_copy(uri, "driver")
+    if sweep.search is not None:
+        problems.append(f"storage {storage}: searches (`search:`) need a folder every node mounts for now (their "
+                        "Optuna journal and seed agreement); grid sweeps run on buckets")
+    problem = bucket_problem(uri)
+    if problem is None and download:
+        try:
+            local.mkdir(parents=True, exist_ok=True)
+            Bucket(uri).download(local, recursive=False, keep=(LOCK_FILE,))
+        except OSError as error:
+            problem = f"storage {storage}: {error}"
+    return local.parent, problem
 
 
 def untrusted_state(experiment_dir: Path) -> list[str]:

@@ -35,7 +35,7 @@ def set_path(data: dict, dotted: str, value: Any) -> None:
             raise ConfigError(f"{dotted}: {'.'.join(parts[:i])} is a value, not a section")
 
 
-# A storage given as a URI (s3://, gs://, file://) is not a local path: left as written, for check_before_start.
+# A storage given as a URI (s3://, gs://: a bucket, harness.storage) is not a local path: left as written.
 REMOTE_STORAGE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 

@@ -30,6 +30,7 @@ from harness.sweep.spec import SweepConfig
 from harness.sweep.tune.preflight import preflight
 from harness.sweep.tune.progress import event_printer
 from harness.sweep.tune.session import check_cluster_fits, no_colour_unless_terminal, start_ray
+from harness.storage import Bucket, is_bucket, join
 
 EXPERIMENT_SNAPSHOT_S = 300  # TUNE_GLOBAL_CHECKPOINT_S unless the user sets it
 
@@ -64,7 +65,12 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
     checks = {"retry_errored": retry_errored, "trust_experiment_dir": trust_experiment_dir, "tracker": tracker,
               "source_text": source_text if resume and source_text else None}
     experiment_dir = check_before_start(sweep, storage, name, resume, wait_for_lease=wait_for_lock, **checks)
-    storage, name = experiment_dir.parent, experiment_dir.name
+    name = experiment_dir.name
+    if not is_bucket(storage):
+        storage = experiment_dir.parent
+    # Where Tune and the trials find the experiment: its folder, or on a bucket its URI (experiment_dir
+    # is then the driver's local copy, and what the driver writes there is uploaded).
+    location = join(storage, name) if is_bucket(storage) else str(experiment_dir)
     # A resume trains what the first run recorded, whatever the sweep file expands to now (its `pack` too).
     grid_trials = []
     if sweep.search is None:
@@ -87,9 +93,8 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
         # Again, now that no other driver can start or finish here: the folder may have changed since
         check_before_start(sweep, storage, name, resume, **checks)
         # On --resume, the data the experiment was started with (its recorded grid trials, if any).
-        nodes, seconds = preflight(experiment_dir, data_paths(sweep, grid_trials or trials))
-        print(f"preflight: {nodes} node(s) can write {experiment_dir} and see the data ({seconds:.2f} s)",
-              flush=True)
+        nodes, seconds = preflight(location, data_paths(sweep, grid_trials or trials))
+        print(f"preflight: {nodes} node(s) can write {location} and see the data ({seconds:.2f} s)", flush=True)
         callbacks = [event_printer(total, verbose, grid_trials)]
         if sweep.scheduler:
             callbacks.append(stopped_early_marker())
@@ -97,7 +102,7 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
             # resume_errored keeps an errored trial's id, so it continues in its own run folder
             # (restart_errored would start it from scratch under a new id and folder).
             install_legacy_modules()  # tuner.pkl of an experiment an older mfcbench started
-            tuner = tune.Tuner.restore(str(experiment_dir), trainable=run_trainable, resume_unfinished=True,
+            tuner = tune.Tuner.restore(location, trainable=run_trainable, resume_unfinished=True,
                                        resume_errored=retry_errored, restart_errored=False)
             if tracker == "mlflow":
                 callbacks.append(mlflow_callback(experiment_dir, verbose))
@@ -118,10 +123,13 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
                                          for t in grid_trials or trials]}))
         if sweep.search is None:
             write_json_atomic(experiment_dir / GRID_TRIALS_FILE, grid_trials, indent=None)
+        if is_bucket(location):
+            Bucket(location).upload(experiment_dir, [p for p in (experiment_dir / SWEEP_FILE,
+                                                                 experiment_dir / GRID_TRIALS_FILE) if p.exists()])
         if tracker == "mlflow":
             callbacks.append(mlflow_callback(experiment_dir, verbose))
         search_alg, num_samples = None, 1
-        param_space: dict[str, Any] = {"cpus": sweep.resources.cpu, "experiment_dir": str(experiment_dir)}
+        param_space: dict[str, Any] = {"cpus": sweep.resources.cpu, "experiment_dir": location}
         if sweep.search is None:
             param_space["trial_index"] = tune.grid_search(list(range(len(grid_trials))))
         else:

@@ -25,18 +25,25 @@ def alive_nodes() -> list[dict]:
 
 def check_node(experiment_dir: str, data: list[tuple[str, str]]) -> dict:
     """On one node: {"host": hostname, "problems": ["path: why", ...]}. Writes and removes one probe file
-    in experiment_dir; only checks that each data path exists (reading it is the trial's work)."""
+    in experiment_dir (a folder or a bucket URI); only checks that each data path exists (reading it is the trial's work)."""
     import os
     import socket
 
+    from harness.storage import Bucket, is_bucket
+
     problems = []
-    probe = os.path.join(experiment_dir, f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}")
+    probe = f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}"
     try:
-        with open(probe, "w") as f:
-            f.write("probe")
-        os.remove(probe)
-    except OSError as error:
-        problems.append(f"experiment folder {experiment_dir}: not writable here ({error.strerror or error})")
+        if is_bucket(experiment_dir):  # through pyarrow, with this node's credentials and endpoint
+            bucket = Bucket(experiment_dir)
+            bucket.write_text(probe, "probe")
+            bucket.delete(probe)
+        else:
+            with open(os.path.join(experiment_dir, probe), "w") as f:
+                f.write("probe")
+            os.remove(os.path.join(experiment_dir, probe))
+    except (OSError, ValueError) as error:
+        problems.append(f"experiment folder {experiment_dir}: not writable here ({getattr(error, 'strerror', None) or error})")
     for what, path in data:
         if not os.path.exists(path):
             problems.append(f"{what} {path}: not found here")

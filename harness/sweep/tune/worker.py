@@ -81,7 +81,15 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
     from harness.trial.errors import TrialFailed
     from harness.trial.precision import PrecisionError
 
-    variant, overrides, config_dict = _what_to_train(params, grid_trials, tune.get_context().get_trial_id())
+    trial_id = tune.get_context().get_trial_id()
+    experiment_dir, persist = trial_storage(params["experiment_dir"], trial_id)
+    params = {**params, "experiment_dir": str(experiment_dir)}
+
+    def send(metrics: dict) -> None:  # what Tune sees, after the bucket's copy of the trial folder
+        persist(final=metrics.get(STATUS) != "running")
+        tune.report(metrics)
+
+    variant, overrides, config_dict = _what_to_train(params, grid_trials, trial_id)
     try:
         # Ray, not torch, knows whether this trial has a GPU: torch sees every GPU of the node
         config_dict["training"]["device"] = trial_device(config_dict["training"]["device"], ray.get_gpu_ids(),
@@ -92,30 +100,30 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
     except ValueError as error:
         seeds = config_dict["training"].get("seeds")
         who = {"seeds": seeds_text(seeds)} if seeds else {"seed": config_dict["training"].get("seed")}
-        tune.report({"variant": variant, **who, STATUS: "failed", "error": str(error)})
+        send({"variant": variant, **who, STATUS: "failed", "error": str(error)})
         return
     if config.packed:
         identity = {"variant": variant, "seeds": seeds_text(config.training.seeds),
                     "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
                     "pid": os.getpid()}
-        trial_dir = trial_folder(params["experiment_dir"], tune.get_context().get_trial_id())
-        train_packed(config, trial_dir, overrides, params.get("trial_index"), identity, tune.report, report,
+        trial_dir = trial_folder(experiment_dir, trial_id)
+        train_packed(config, trial_dir, overrides, params.get("trial_index"), identity, send, report,
                      required_metrics)
         return
     try:
         # Not tune.get_context().get_trial_dir(): that is Ray's local staging folder, which a reused
-        # actor does not sync to storage. Run folders go straight into the experiment folder (for a
-        # multi-node cluster, storage must be a shared filesystem, as Ray requires anyway).
+        # actor does not sync to storage. Run folders go straight into the experiment folder (on a
+        # bucket: its node-local copy, which `persist` uploads).
         seed = config.training.seed
-        run_dir = run_folder(params["experiment_dir"], tune.get_context().get_trial_id(), seed)
+        run_dir = run_folder(experiment_dir, trial_id, seed)
         trial_dir = run_dir.parent.parent
         resume = (run_dir / "checkpoint.pt").exists()
         if resume:
             config = config_to_resume(run_dir, config, log=lambda line: print(f"[seed {seed}] {line}", flush=True))
     except ValueError as error:  # deterministic (DeviceError, a config this node refuses, an unreadable
         # config.yaml in the run folder): no retry
-        tune.report({"variant": variant, "seed": config_dict["training"].get("seed"), STATUS: "failed",
-                     "error": str(error)})
+        send({"variant": variant, "seed": config_dict["training"].get("seed"), STATUS: "failed",
+              "error": str(error)})
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     identity = {"variant": variant, "seed": seed, "node_id": ray.get_runtime_context().get_node_id(),
@@ -126,7 +134,7 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
     if done.exists():
         previous = json.loads(done.read_text())
         if previous.get("status") == "completed":  # finished before the driver or actor died: not run again
-            tune.report({**finite_metrics(previous["final"]), **identity, STATUS: "completed"})
+            send({**finite_metrics(previous["final"]), **identity, STATUS: "completed"})
             return
 
     policy = ReportPolicy(tuple(required_metrics), report, config.training.total_epochs)
@@ -137,7 +145,7 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
         if missing := policy.missing(numeric):  # raised inside the trainer, which records it in result.json
             raise TrialFailed(policy.failure(missing, metrics.get("epoch")))
         if policy.sends(metrics["epoch"]):
-            tune.report({**numeric, **identity, STATUS: "running"})
+            send({**numeric, **identity, STATUS: "running"})
         else:
             held.clear()
             held.update(numeric)
@@ -147,9 +155,27 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
                                    log=lambda line: print(f"[seed {seed}] {line}", flush=True))
     except (TrialFailed, PrecisionError) as error:  # PrecisionError: a precision this node's device
         # cannot run (bf16 on a GPU older than compute capability 8.0), refused before the run's first file
-        tune.report({**held, **identity, STATUS: "failed", "error": str(error)})
+        send({**held, **identity, STATUS: "failed", "error": str(error)})
         return
-    tune.report({**(held or finite_metrics(result["final"])), **identity, STATUS: "completed"})
+    send({**(held or finite_metrics(result["final"])), **identity, STATUS: "completed"})
+
+
+def trial_storage(location: str, trial_id: str) -> tuple[Path, Callable[..., int]]:
+    """(the experiment folder this trial writes into, persist). On a POSIX storage: the experiment
+    folder itself and a persist that does nothing. On a bucket (harness.storage): this node's copy,
+    with the trial's folder first made what the bucket holds (what an earlier start of the trial
+    uploaded: a retry or a resume continues from there), and a persist that uploads what changed,
+    at most every MFCBENCH_PERSIST_S seconds (default PERSIST_EVERY_S) and always when final."""
+    from harness.storage import PERSIST_EVERY_S, Bucket, FolderUpload, is_bucket, local_copy
+
+    if not is_bucket(location):
+        return Path(location), lambda final=False: 0
+    bucket, local = Bucket(location), local_copy(location)
+    folder = trial_folder(local, trial_id)
+    shutil.rmtree(folder, ignore_errors=True)
+    bucket.download(local, folder.name)
+    every_s = float(os.environ.get("MFCBENCH_PERSIST_S") or PERSIST_EVERY_S)
+    return local, FolderUpload(bucket, local, folder, every_s)
 
 
 def seeds_text(seeds: Sequence[int]) -> str:

@@ -85,24 +85,20 @@ def test_a_folder_goes_up_changed_files_only_with_checkpoint_and_result_last(buc
     assert (other / "keep.lock").read_text() == "mine" and not (other / "trial_a").exists()
 
 
-def test_a_bucket_that_is_missing_or_a_search_is_refused_naming_it_and_nothing_is_written(s3_server, tmp_path,
-                                                                                        monkeypatch):
+def test_a_missing_bucket_is_named_and_planning_writes_nothing_to_the_bucket(s3_server, tmp_path, monkeypatch):
     import boto3
 
     monkeypatch.setenv("MFCBENCH_CACHE", str(tmp_path / "cache"))
     path = write_sweep(tmp_path / "s.yaml", grid={"training.seed": [0]})
     with pytest.raises(SweepError, match=r"bucket 'no-such-bucket' not found.*AWS_ENDPOINT_URL"):
         plan_sweep(path, storage="s3://no-such-bucket/results")
-    boto3.client("s3").create_bucket(Bucket="searches")
-    search = write_sweep(tmp_path / "q.yaml", search={"space": {"training.lr": {"type": "float", "low": 1e-4,
-                                                                                "high": 1e-2}},
-                                                      "num_samples": 2})
-    with pytest.raises(SweepError, match=r"searches .* need a folder every node mounts"):
-        plan_sweep(search, storage="s3://searches")
-    assert boto3.client("s3").list_objects_v2(Bucket="searches").get("KeyCount") == 0
-    plan = plan_sweep(path, storage="s3://searches/results")
-    assert plan.location == "s3://searches/results/t" and not plan.resume
-    assert "experiment folder (new): s3://searches/results/t" in plan.describe()
+    boto3.client("s3").create_bucket(Bucket="plans")
+    plan = plan_sweep(path, storage="s3://plans/results")
+    assert plan.location == "s3://plans/results/t" and not plan.resume
+    assert "experiment folder (new): s3://plans/results/t" in plan.describe()
+    assert boto3.client("s3").list_objects_v2(Bucket="plans").get("KeyCount") == 0
+    with pytest.raises(SweepError, match=r"--resume: s3://plans/results/t holds no sweep to resume"):
+        plan_sweep(path, storage="s3://plans/results", resume=True)
 
 
 def _summary(report: Path) -> list[dict]:
@@ -212,3 +208,48 @@ def test_an_endpoint_that_never_answers_is_named_not_waited_for(monkeypatch, tmp
         silent.close()
     assert time.monotonic() - started < 10
     assert problem.startswith("storage s3://somewhere/results: the bucket did not answer within 1 s")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_search_on_a_bucket_tells_optuna_the_seed_agreement_and_resumes_on_another_host(bucket, local_ray,
+                                                                                         tmp_path, monkeypatch):
+    """The driver's own reads and writes on a bucket: suggestion files the trials read, run folders the
+    seed agreement reads, and the Optuna journal, which a resume on a host with an empty cache finds."""
+    import optuna
+
+    from harness.agreement import suggestion_agreement
+    from harness.sweep.tune.driver import run_sweep
+
+    path = write_sweep(tmp_path / "search.yaml", max_concurrent=2, search={
+        "space": {"model.n_clusters.0": {"type": "int", "low": 5, "high": 15}},
+        "metrics": ["val/elbo", "val/agreement"], "modes": ["max", "max"], "num_samples": 2, "replicates": 2,
+        "sampler": {"type": "random", "seed": 1}})
+    plan = plan_sweep(path, storage=f"{bucket}/results")
+    results = run_sweep(plan.sweep, plan.trials, plan.storage, name=plan.name, source_text=plan.source_text)
+    assert len(results) == 4 and all(r.error is None for r in results)
+
+    remote = Bucket(f"{bucket}/results/t")
+    copy = tmp_path / "downloaded"
+    remote.download(copy)
+    assert len(list(copy.glob("trial_*/mfcbench-suggestion.json"))) == 4
+
+    def complete_trials() -> list:
+        journal = optuna.storages.journal.JournalFileBackend(str(copy / "optuna.journal"))
+        study = optuna.load_study(study_name="t", storage=optuna.storages.JournalStorage(journal))
+        return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+    complete = complete_trials()
+    runs = trial_runs(copy)
+    assert len(complete) == 2 and len(runs) == 4
+    for t in complete:
+        mine = [r["dir"] for r in runs if r["config"]["model"]["n_clusters"][0] == t.params["model.n_clusters.0"]]
+        assert t.values[1] == pytest.approx(suggestion_agreement(mine)["val/agreement"])
+
+    monkeypatch.setenv("MFCBENCH_CACHE", str(tmp_path / "another-host"))
+    again = plan_sweep(path, storage=f"{bucket}/results", resume_if_exists=True)
+    assert again.resume
+    run_sweep(again.sweep, again.trials, again.storage, name=again.name, resume=True, source_text=again.source_text)
+    remote.download(copy)
+    assert [t.values for t in complete_trials()] == [t.values for t in complete]
+    assert len(trial_runs(copy)) == 4

@@ -135,7 +135,7 @@ def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None
         problems.append(f"--name {name_problem}")
     storage_text = str(storage)
     if is_bucket(storage_text):
-        storage_dir, storage_problem = bucket_copy(storage_text, name, sweep, problems, download=not name_problem)
+        storage_dir, storage_problem = bucket_copy(storage_text, name, download=not name_problem)
     elif REMOTE_STORAGE.match(storage_text):  # file://
         storage_dir, storage_problem = None, (f"storage {storage_text!r}: give a folder as a path, not a file:// URI")
     else:
@@ -146,14 +146,15 @@ def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None
     if name_problem or storage_problem:
         raise SweepError("\n".join(problems))
     experiment_dir = storage_dir / name
+    shown = join(storage_text, name) if is_bucket(storage_text) else experiment_dir  # in messages
     held_by_another_driver = lock_problem(experiment_dir)
     if held_by_another_driver and not (wait_for_lease and held_under_lease(experiment_dir)):
         raise SweepError(held_by_another_driver)
     if resume:
         if not experiment_dir.is_dir():
-            problems.append(f"--resume: there is no experiment folder {experiment_dir}; check --storage and --name")
+            problems.append(f"--resume: there is no experiment folder {shown}; check --storage and --name")
         elif not has_tune_state(experiment_dir):
-            problems.append(f"--resume: {experiment_dir} holds no sweep to resume (no tuner.pkl from Ray Tune); "
+            problems.append(f"--resume: {shown} holds no sweep to resume (no tuner.pkl from Ray Tune); "
                             "run it without --resume to start one there, or check --storage and --name")
         elif not trust_experiment_dir:
             untrusted = untrusted_state(experiment_dir)
@@ -166,32 +167,28 @@ def check_before_start(sweep: SweepConfig, storage: str | Path, name: str | None
         if has_tune_state(experiment_dir) and source_text is not None and (
                 changes := sweep_file_changes(experiment_dir, source_text)):
             problems.append(
-                f"--resume: the sweep file differs from the one {experiment_dir} started with "
-                f"({experiment_dir / SWEEP_FILE}); a resume runs the recorded trials only, so these changes "
+                f"--resume: the sweep file differs from the one {shown} started with "
+                f"({join(shown, SWEEP_FILE)}); a resume runs the recorded trials only, so these changes "
                 "would be ignored:\n" + "\n".join(f"  {line}" for line in changes)
                 + "\nundo them to resume, or run the edited file under a new --name (nothing was changed)")
     # A folder holding only what a driver writes before Tune starts is a new sweep whose driver died
     # before training anything: started again, its files are written anew.
     elif experiment_dir.exists() and (not experiment_dir.is_dir()
                                       or any(p.name not in BEFORE_TUNE for p in experiment_dir.iterdir())):
-        problems.append(f"{experiment_dir} already holds a sweep; pass --resume to finish it, or --name/--storage "
+        problems.append(f"{shown} already holds a sweep; pass --resume to finish it, or --name/--storage "
                         "for a new one (nothing was changed)")
     if problems:
         raise SweepError("\n".join(problems))
     return experiment_dir
 
 
-def bucket_copy(storage: str, name: str, sweep: SweepConfig, problems: list[str],
-                download: bool = True) -> tuple[Path, str | None]:
+def bucket_copy(storage: str, name: str, download: bool = True) -> tuple[Path, str | None]:
     """(the driver's node-local stand-in for the bucket storage, a problem or None). The experiment's
     top-level files (mfcbench's and Ray Tune's) are downloaded into it, so the checks below read them
     as in a folder; the driver's lock stays local (a bucket has no atomic create-if-absent through
     pyarrow: one driver per experiment at a time is the launcher's to keep, as a RayJob or a SLURM job does)."""
     uri = join(storage, name)
     local = local_copy(uri, "driver")
-    if sweep.search is not None:
-        problems.append(f"storage {storage}: searches (`search:`) need a folder every node mounts for now (their "
-                        "Optuna journal and seed agreement); grid sweeps run on buckets")
     problem = bucket_problem(uri)
     if problem is None and download:
         try:

@@ -133,7 +133,7 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
         if sweep.search is None:
             param_space["trial_index"] = tune.grid_search(list(range(len(grid_trials))))
         else:
-            search_alg = ReplicatedOptunaSearch(sweep, experiment_dir)
+            search_alg = ReplicatedOptunaSearch(sweep, experiment_dir, location)
             # Tune trials: one per seed, or per pack of a suggestion's seeds
             num_samples = sweep.search.num_samples * trials_per_suggestion(search_alg.sweep)
         scheduler = asha_scheduler(sweep, trials) if sweep.scheduler else None

@@ -45,7 +45,7 @@ from harness.sweep.spec import SweepConfig
 from harness.files import write_json_atomic
 from harness.layout import SUGGESTION_FILE
 from harness.sweep.tune.protocol import STATUS, reported_status, seed_key, suggestion_path
-from harness.storage import Bucket, is_bucket
+from harness.storage import Bucket, is_bucket, local_copy
 from harness.trial.config import TrialConfig
 
 
@@ -137,8 +137,11 @@ class ReplicatedOptunaSearch(Searcher):
     the study itself lives in the journal, so a restarted driver reopens it.
     """
 
-    def __init__(self, sweep: SweepConfig, experiment_dir: Path):
+    def __init__(self, sweep: SweepConfig, experiment_dir: Path, location: str | None = None):
         self.sweep, self.experiment_dir = sweep, Path(experiment_dir)
+        # On a bucket (harness.storage): its URI; experiment_dir is then a driver's local copy, which
+        # `local` finds again on whichever host resumes the sweep.
+        self.location = location or str(experiment_dir)
         # Tune is told only the objectives its trials report (with strict metric checking on, it would
         # fail a result without one); the seed agreement is computed here.
         metrics = self.reported_metrics
@@ -171,9 +174,27 @@ class ReplicatedOptunaSearch(Searcher):
         self.__dict__.update(upgrade_searcher(state))  # one an older mfcbench pickled, made current
 
     @property
+    def local(self) -> Path:
+        """The experiment folder this driver reads and writes: the storage folder, or on a bucket this
+        host's copy of it, whose files are uploaded (`_upload`) as they change."""
+        location = getattr(self, "location", None)  # absent from a searcher an older mfcbench pickled
+        return local_copy(location, "driver") if location and is_bucket(location) else self.experiment_dir
+
+    def _upload(self, *paths: Path) -> None:
+        if is_bucket(getattr(self, "location", None) or ""):
+            Bucket(self.location).upload(self.local, [p for p in paths if p.exists()])
+
+    def _download_runs(self, runs: list[tuple[str, int]]) -> None:
+        """On a bucket: the run folders the seed agreement reads, from where their trials uploaded them."""
+        if is_bucket(getattr(self, "location", None) or ""):
+            bucket = Bucket(self.location)
+            for trial_id, seed in runs:
+                bucket.download(self.local, run_folder("", trial_id, seed).as_posix())
+
+    @property
     def study(self):
         if self._study is None:
-            self._study = open_study(self.sweep, self.experiment_dir)
+            self._study = open_study(self.sweep, self.local)
         return self._study
 
     @property
@@ -254,9 +275,10 @@ class ReplicatedOptunaSearch(Searcher):
         config = TrialConfig.model_validate(config).model_dump(mode="json")
         # By reference, as grid trials go by index: Tune keeps every trial's params in the experiment
         # state it rewrites, and the worker reads the file from the shared storage.
-        path = suggestion_path(self.experiment_dir, trial_id)
+        path = suggestion_path(self.local, trial_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"variant": "search", "trial": config})
+        self._upload(path, self.local / JOURNAL_FILE)
         return {"suggestion": SUGGESTION_FILE, "overrides": dict(params)}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -330,7 +352,8 @@ class ReplicatedOptunaSearch(Searcher):
         means = (statistics.fmean(column) for column in zip(*outcome["values"]))
         agreement = {}
         if any(is_agreement_metric(metric) for metric in self.sweep.search.metrics):
-            agreement = suggestion_agreement([run_folder(self.experiment_dir, trial_id, seed)
+            self._download_runs(outcome["finished"])
+            agreement = suggestion_agreement([run_folder(self.local, trial_id, seed)
                                               for trial_id, seed in outcome["finished"]])
         values = [agreement.get(metric) if is_agreement_metric(metric) else next(means)
                   for metric in self.sweep.search.metrics]
@@ -361,8 +384,10 @@ class ReplicatedOptunaSearch(Searcher):
                 self.study.tell(number, state=TrialState.FAIL)
             else:
                 self.study.tell(number, objective if len(objective) > 1 else objective[0])
+        self._upload(self.local / JOURNAL_FILE)
 
     def save(self, checkpoint_path: str) -> None:
+        self._upload(self.local / JOURNAL_FILE)  # the study as of this state, for a resume on any host
         Path(checkpoint_path).write_text(json.dumps(
             {"unassigned": self.unassigned, "asked": self.asked, "seed_of": self.seed_of, "errored": self.errored,
              "suggestions": {str(k): v for k, v in self.suggestions.items()}}))

@@ -185,7 +185,7 @@ def _cmd_demo(args) -> int:
     from harness.sweep.expand import pack_grid
     from harness.sweep.load import load_sweep
     from harness.sweep.checks import SweepError, has_tune_state
-    from harness.sweep.tune.driver import run_sweep
+    from harness.sweep.tune.driver import SweepStopped, run_sweep
 
     demo = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"
     if not demo.exists():
@@ -206,6 +206,10 @@ def _cmd_demo(args) -> int:
     except SweepError as error:
         print(f"mfcbench demo: {error}", file=sys.stderr)
         return 2
+    except SweepStopped as stopped:
+        print(f"demo stopped before it finished: {len(stopped.unfinished)} trial(s) had not ended; "
+              "`mfcbench demo` again continues it", flush=True)
+        return 130
     finally:
         _stop_ray()
     return report.func(report)
@@ -213,7 +217,7 @@ def _cmd_demo(args) -> int:
 
 def _cmd_sweep(args) -> int:
     from harness.sweep.checks import SweepError, address_problem, plan_sweep
-    from harness.sweep.tune.driver import run_sweep
+    from harness.sweep.tune.driver import SweepStopped, run_sweep
     from harness.trial.config import ConfigError
 
     if problem := address_problem(args.address):
@@ -239,6 +243,11 @@ def _cmd_sweep(args) -> int:
     except SweepError as error:
         print(f"mfcbench sweep: {error}", file=sys.stderr)
         return 2
+    except SweepStopped as stopped:
+        again = f"mfcbench sweep {args.file} --storage {plan.storage} --name {plan.name} --resume"
+        print(f"sweep stopped before it finished: {len(stopped.unfinished)} trial(s) had not ended; Ray Tune saved "
+              f"its state in {experiment}; continue with: {again}", flush=True)
+        return 130
     finally:
         _stop_ray()
     errors = sum(1 for r in results if r.error is not None)

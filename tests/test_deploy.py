@@ -109,6 +109,7 @@ def test_slurm_job_requeued_mid_sweep_finishes_every_trial_once(tmp_path):
         kill_all(processes_of(temp, roots=[job.pid]))
     assert job.returncode == 0, out[-3000:]
     assert "the time limit is near" in out and "scontrol requeue 42" in (tmp_path / "srun.log").read_text()
+    assert "sweep stopped before it finished:" in out and "sweep finished" not in out, out[-3000:]
     assert not (experiment / "mfcbench-driver.lock").exists()  # a driver that stopped releases its lock
     finished = {p: p.read_text() for p in experiment.glob("trial_*/runs/seed*/result.json")}
     assert 1 <= len(finished) < 4, out[-3000:]

@@ -95,7 +95,8 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
         # On --resume, the data the experiment was started with (its recorded grid trials, if any).
         nodes, seconds = preflight(location, data_paths(sweep, grid_trials or trials))
         print(f"preflight: {nodes} node(s) can write {location} and see the data ({seconds:.2f} s)", flush=True)
-        callbacks = [event_printer(total, verbose, grid_trials)]
+        printer = event_printer(total, verbose, grid_trials)
+        callbacks = [printer]
         if sweep.scheduler:
             callbacks.append(stopped_early_marker())
         if resume:
@@ -112,7 +113,7 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
             if local is not None:
                 run_config = local.get_run_config()
                 run_config.callbacks, run_config.verbose = callbacks, verbose
-            return tuner.fit()
+            return _fit(tuner, printer)
 
         experiment_dir.mkdir(parents=True, exist_ok=True)
         (experiment_dir / SWEEP_FILE).write_text(
@@ -150,7 +151,26 @@ def run_sweep(sweep: SweepConfig, trials: list[dict], storage: str | Path, name:
                                       # that fails on its own (non-finite loss) as "failed", normally.
                                       failure_config=tune.FailureConfig(max_failures=sweep.retries),
                                       callbacks=callbacks, verbose=verbose))
-        return tuner.fit()
+        return _fit(tuner, printer)
+
+
+class SweepStopped(Exception):
+    """The driver stopped before every trial ended (Ctrl-C, SIGUSR1 from SLURM near the time limit,
+    its lock taken over): Ray Tune saved the experiment's state, and a resume continues it."""
+
+    def __init__(self, results, unfinished: list[str]):
+        super().__init__(f"{len(unfinished)} trial(s) had not ended")
+        self.results, self.unfinished = results, unfinished
+
+
+def _fit(tuner, printer):
+    """tuner.fit(), raising SweepStopped where Tune's loop ended with trials still live: on a stop
+    signal Tune marks its running trials TERMINATED as it cleans up, so only the EventPrinter's
+    view from inside the loop tells a stopped sweep from a finished one."""
+    results = tuner.fit()
+    if printer.unfinished:
+        raise SweepStopped(results, sorted(printer.unfinished))
+    return results
 
 
 def _recorded_grid_trials(experiment_dir: Path) -> list[dict]:

@@ -32,6 +32,7 @@ def event_printer(total: int, verbose: int = 0, grid_trials: list[dict] = ()):
             self.last_result: dict[str, float] = {}
             self.completed: set[str] = set()
             self.errored: set[str] = set()
+            self.unfinished: set[str] = set()  # live at the end of Tune's last step, and not ended since
 
         def setup(self, **info):
             self.started = self.last_progress = time.monotonic()
@@ -94,6 +95,7 @@ def event_printer(total: int, verbose: int = 0, grid_trials: list[dict] = ()):
                         f"host={result.get('host')}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            self.unfinished.discard(trial.trial_id)
             if _failed(trial):
                 self.errored.add(trial.trial_id)
                 self._print(f"FAILED   {self._tag(trial)}: {trial.last_result.get('error')}")
@@ -105,11 +107,13 @@ def event_printer(total: int, verbose: int = 0, grid_trials: list[dict] = ()):
             self._progress(trials)
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            self.unfinished.discard(trial.trial_id)
             self.errored.add(trial.trial_id)
             self._print(f"ERROR    {self._tag(trial)}: {_error_summary(trial)} (see {trial.path}/error.txt)")
             self._progress(trials)
 
         def on_step_end(self, iteration, trials, **info):
+            self.unfinished = {t.trial_id for t in trials if t.status in ("PENDING", "RUNNING", "PAUSED")}
             if time.monotonic() - self.last_progress >= PROGRESS_EVERY_S:
                 self._progress(trials)
 

@@ -178,10 +178,18 @@ class FolderUpload:
                 if path.is_file() and not path.name.endswith(SKIPPED_SUFFIXES) and (info := path.stat())]
 
     def __call__(self, final: bool = False) -> int:
+        """Uploads what changed, then deletes from the bucket what the folder no longer holds (a packed
+        trial clears the folders of seeds it trains again); returns the number of files uploaded."""
         if not final and time.monotonic() - self.last < self.every_s:
             return 0
-        changed = [(path, state) for path, state in self._files() if self.sent.get(path) != state]
+        files = self._files()
+        changed = [(path, state) for path, state in files if self.sent.get(path) != state]
         self.bucket.upload(self.local_root, upload_order(p for p, _ in changed))
         self.sent.update(changed)
+        here = {path.relative_to(self.local_root).as_posix() for path, _ in files}
+        for relative in self.bucket.files(self.folder.relative_to(self.local_root).as_posix()):
+            if relative not in here and not relative.endswith(SKIPPED_SUFFIXES):
+                self.bucket.delete(relative)
+                self.sent.pop(self.local_root / relative, None)
         self.last = time.monotonic()
         return len(changed)

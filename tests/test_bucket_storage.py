@@ -71,6 +71,9 @@ def test_a_folder_goes_up_changed_files_only_with_checkpoint_and_result_last(buc
     assert remote.read_text("trial_a/runs/seed0/metrics.jsonl") == "epoch 2"
     assert not remote.exists("trial_a/runs/seed0/checkpoint.pt.tmp")
     assert not remote.exists("trial_a/runs/seed0/config.yaml")
+    (run_dir / "result.json").unlink()  # a packed trial clears a seed it trains again
+    assert upload(final=True) == 0 and not remote.exists("trial_a/runs/seed0/result.json")
+    assert remote.exists("trial_a/runs/seed0/checkpoint.pt")
 
     # downloaded elsewhere: what the bucket holds, and local files it lacks removed (except those kept)
     other = tmp_path / "other"
@@ -79,7 +82,7 @@ def test_a_folder_goes_up_changed_files_only_with_checkpoint_and_result_last(buc
     (other / "keep.lock").write_text("mine")
     remote.download(other, "trial_a")
     assert sorted(p.name for p in (other / "trial_a" / "runs" / "seed0").iterdir()) == [
-        "checkpoint.pt", "metrics.jsonl", "result.json"]
+        "checkpoint.pt", "metrics.jsonl"]
     assert not (other / "trial_a" / "stale" / "x").exists()
     remote.download(other, recursive=False, keep=("keep.lock",))
     assert (other / "keep.lock").read_text() == "mine" and not (other / "trial_a").exists()

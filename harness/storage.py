@@ -131,8 +131,10 @@ class Bucket:
         for relative in remote:
             path = local_root / relative
             path.parent.mkdir(parents=True, exist_ok=True)
-            with self.fs.open_input_stream(self._path(relative)) as source, open(path, "wb") as sink:
+            partial = path.with_name(path.name + ".download.tmp")
+            with self.fs.open_input_stream(self._path(relative)) as source, open(partial, "wb") as sink:
                 shutil.copyfileobj(source, sink, length=1 << 22)
+            os.replace(partial, path)  # a reader (an open Optuna journal) never sees half a file
         return len(remote)
 
 
@@ -178,18 +180,22 @@ class FolderUpload:
                 if path.is_file() and not path.name.endswith(SKIPPED_SUFFIXES) and (info := path.stat())]
 
     def __call__(self, final: bool = False) -> int:
-        """Uploads what changed, then deletes from the bucket what the folder no longer holds (a packed
-        trial clears the folders of seeds it trains again); returns the number of files uploaded."""
+        """Uploads what changed, then deletes from the bucket the files it had that the folder no longer
+        holds (a packed trial clears the folders of seeds it trains again); returns the files uploaded."""
         if not final and time.monotonic() - self.last < self.every_s:
             return 0
         files = self._files()
         changed = [(path, state) for path, state in files if self.sent.get(path) != state]
         self.bucket.upload(self.local_root, upload_order(p for p, _ in changed))
         self.sent.update(changed)
-        here = {path.relative_to(self.local_root).as_posix() for path, _ in files}
-        for relative in self.bucket.files(self.folder.relative_to(self.local_root).as_posix()):
-            if relative not in here and not relative.endswith(SKIPPED_SUFFIXES):
-                self.bucket.delete(relative)
-                self.sent.pop(self.local_root / relative, None)
+        # Only files this trial downloaded or uploaded: the driver writes into the folder too (Tune's
+        # error.txt and error.pkl, the stopped-early marker), and those are not this copy's to delete.
+        for path in [path for path in self.sent if not path.exists()]:
+            self.bucket.delete(path.relative_to(self.local_root).as_posix())
+            del self.sent[path]
         self.last = time.monotonic()
         return len(changed)
+
+    def discard(self) -> None:
+        """The local folder, once its last upload is done (the node's disk is not the trial's store)."""
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -72,8 +72,9 @@ def test_a_folder_goes_up_changed_files_only_with_checkpoint_and_result_last(buc
     assert not remote.exists("trial_a/runs/seed0/checkpoint.pt.tmp")
     assert not remote.exists("trial_a/runs/seed0/config.yaml")
     (run_dir / "result.json").unlink()  # a packed trial clears a seed it trains again
+    remote.write_text("trial_a/error.txt", "written by the driver: not this copy's to delete")
     assert upload(final=True) == 0 and not remote.exists("trial_a/runs/seed0/result.json")
-    assert remote.exists("trial_a/runs/seed0/checkpoint.pt")
+    assert remote.exists("trial_a/runs/seed0/checkpoint.pt") and remote.exists("trial_a/error.txt")
 
     # downloaded elsewhere: what the bucket holds, and local files it lacks removed (except those kept)
     other = tmp_path / "other"

@@ -54,6 +54,10 @@ class SweepPlan:
         return f"{describe(self.sweep, self.trials)}\nexperiment folder ({action}): {self.location}"
 
 
+# On bucket storage, what stays in the driver's local copy and is never uploaded: its lock (a bucket
+# offers no atomic create-if-absent) and the MLflow store (SQLite wants a local disk; for a history
+# across hosts point MLFLOW_TRACKING_URI at a tracking server).
+LOCAL_ONLY = (LOCK_FILE, MLFLOW_FILE, MLFLOW_ARTIFACTS)
 # What the driver writes into a new experiment folder before Tune's first state (tuner.pkl).
 BEFORE_TUNE = (LOCK_FILE, SWEEP_FILE, GRID_TRIALS_FILE, MLFLOW_FILE, MLFLOW_ARTIFACTS)
 
@@ -96,9 +100,11 @@ def plan_sweep(file: str | Path, storage: str | None = None, name: str | None = 
 def tune_state_at(storage: str | Path, name: str) -> bool:
     """Whether `storage/name` (a folder or a bucket) holds an experiment Ray Tune can resume."""
     if is_bucket(storage):
+        if bucket_problem(join(storage, name)) is not None:  # check_before_start names it
+            return False
         try:
             return Bucket(join(storage, name)).exists("tuner.pkl")
-        except OSError:  # an unreachable bucket: check_before_start names why
+        except (OSError, ValueError):
             return False
     return has_tune_state(Path(absolute_path(str(storage))) / name)
 
@@ -190,10 +196,11 @@ def bucket_copy(storage: str, name: str, download: bool = True) -> tuple[Path, s
     uri = join(storage, name)
     local = local_copy(uri, "driver")
     problem = bucket_problem(uri)
-    if problem is None and download:
+    # Not while another driver on this host runs the experiment from this copy (its lock is refused below).
+    if problem is None and download and lock_problem(local) is None:
         try:
             local.mkdir(parents=True, exist_ok=True)
-            Bucket(uri).download(local, recursive=False, keep=(LOCK_FILE,))
+            Bucket(uri).download(local, recursive=False, keep=LOCAL_ONLY)
         except OSError as error:
             problem = f"storage {storage}: {error}"
     return local.parent, problem

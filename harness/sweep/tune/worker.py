@@ -86,8 +86,15 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
     params = {**params, "experiment_dir": str(experiment_dir)}
 
     def send(metrics: dict) -> None:  # what Tune sees, after the bucket's copy of the trial folder
-        persist(final=metrics.get(STATUS) != "running")
-        tune.report(metrics)
+        final = metrics.get(STATUS) != "running"
+        persist(final=final)
+        try:
+            tune.report(metrics)
+        except BaseException:  # a scheduler's stop or Ctrl-C ends the trial inside its report (SystemExit)
+            persist(final=True)
+            raise
+        if final:
+            persist.discard()
 
     variant, overrides, config_dict = _what_to_train(params, grid_trials, trial_id)
     try:
@@ -108,7 +115,7 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
                     "pid": os.getpid()}
         trial_dir = trial_folder(experiment_dir, trial_id)
         train_packed(config, trial_dir, overrides, params.get("trial_index"), identity, send, report,
-                     required_metrics)
+                     required_metrics, persist)
         return
     try:
         # Not tune.get_context().get_trial_dir(): that is Ray's local staging folder, which a reused
@@ -141,6 +148,7 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
     held: dict = {}  # the last evaluation, reported once the run is known to have completed
 
     def reporter(metrics: dict, _run_dir: Path) -> None:
+        persist()  # each evaluation wrote checkpoint.pt; uploaded at most every MFCBENCH_PERSIST_S seconds
         numeric = finite_metrics(metrics)
         if missing := policy.missing(numeric):  # raised inside the trainer, which records it in result.json
             raise TrialFailed(policy.failure(missing, metrics.get("epoch")))
@@ -169,13 +177,23 @@ def trial_storage(location: str, trial_id: str) -> tuple[Path, Callable[..., int
     from harness.storage import PERSIST_EVERY_S, Bucket, FolderUpload, is_bucket, local_copy
 
     if not is_bucket(location):
-        return Path(location), lambda final=False: 0
+        return Path(location), _NoUpload()
     bucket, local = Bucket(location), local_copy(location)
     folder = trial_folder(local, trial_id)
     shutil.rmtree(folder, ignore_errors=True)
     bucket.download(local, folder.name)
     every_s = float(os.environ.get("MFCBENCH_PERSIST_S") or PERSIST_EVERY_S)
     return local, FolderUpload(bucket, local, folder, every_s)
+
+
+class _NoUpload:
+    """persist on a storage folder: the run folders are written in place."""
+
+    def __call__(self, final: bool = False) -> int:
+        return 0
+
+    def discard(self) -> None:
+        pass
 
 
 def seeds_text(seeds: Sequence[int]) -> str:
@@ -285,10 +303,11 @@ class PackReports:
 
 def train_packed(config: TrialConfig, trial_dir: Path, overrides: dict, trial_index: int | None, identity: dict,
                  send: Callable[[dict], None], report: str = "every_evaluation",
-                 required_metrics: Sequence[str] = ()) -> None:
+                 required_metrics: Sequence[str] = (), persist: Callable[[], object] = lambda: None) -> None:
     """A packed trial (what `trainable` runs for a config with training.seeds; no Ray needed): its seeds
     into trial_dir/runs/seed<s> (harness.trial.packed), each report given to `send` (tune.report) as
-    PackReports makes it. `identity`: variant, seeds, node_id, host and pid, added to every report."""
+    PackReports makes it. `identity`: variant, seeds, node_id, host and pid, added to every report.
+    `persist` runs at each seed's evaluation (on bucket storage: the trial folder's throttled upload)."""
     from harness.trial import single as trainer
     from harness.trial.errors import TrialFailed
     from harness.trial.packed import PackedTrial, seed_folder
@@ -309,6 +328,11 @@ def train_packed(config: TrialConfig, trial_dir: Path, overrides: dict, trial_in
     reports = PackReports(seeds, required_metrics, report, config.training.total_epochs, identity,
                           {seed: result.get("status") or "failed" for seed, result in results.items()}, send)
     error = None
+
+    def evaluated(metrics: dict, folder: Path) -> None:
+        persist()
+        reports(metrics, folder)
+
     try:
         if len(todo) >= 2:  # a fresh pack, or the seeds of one that was interrupted, trained from the start
             for seed in todo:
@@ -318,7 +342,7 @@ def train_packed(config: TrialConfig, trial_dir: Path, overrides: dict, trial_in
                 data = config.model_dump(mode="json")
                 data["training"]["seeds"] = todo
                 config = TrialConfig.model_validate(data)
-            pack = PackedTrial(config, runs, reporter=reports, log=log)
+            pack = PackedTrial(config, runs, reporter=evaluated, log=log)
             reports.training = lambda: {pack.seeds[i] for i in pack.active}
             results.update(pack.run())
         elif todo:  # one seed left: trained, or resumed from its checkpoint, as an unpacked trial is
@@ -327,7 +351,7 @@ def train_packed(config: TrialConfig, trial_dir: Path, overrides: dict, trial_in
             resume = (run_dir / "checkpoint.pt").exists()
             if resume:
                 single = config_to_resume(run_dir, single, log=log)
-            results[seed] = trainer.run_trial(single, run_dir, resume=resume, reporter=reports, log=log)
+            results[seed] = trainer.run_trial(single, run_dir, resume=resume, reporter=evaluated, log=log)
     except (TrialFailed, ValueError) as failure:  # ValueError: a seed's config.yaml that cannot be read
         error = str(failure)
         for seed in todo:

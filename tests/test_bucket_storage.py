@@ -15,7 +15,7 @@ from harness.storage import Bucket, FolderUpload, local_copy
 from harness.sweep.checks import SweepError, plan_sweep
 
 from ray_helpers import BIN, kill_all, processes_of, ray_env, run, short_temp_dir
-from sweep_helpers import long_trial_base, trial_runs, write_sweep
+from sweep_helpers import TINY_BASE, long_trial_base, trial_runs, write_sweep
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] comes with the test extras")
 AWS_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
@@ -257,3 +257,30 @@ def test_a_search_on_a_bucket_tells_optuna_the_seed_agreement_and_resumes_on_ano
     remote.download(copy)
     assert [t.values for t in complete_trials()] == [t.values for t in complete]
     assert len(trial_runs(copy)) == 4
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_trial_the_scheduler_stops_uploads_what_it_evaluated_before_it_ends(bucket, tmp_path):
+    """ASHA ends a trial inside its report (Ray raises SystemExit there): its folder is uploaded once
+    more on the way out, so the bucket holds every evaluation the scheduler saw, however long the
+    upload interval (an hour here: without that last upload only the first evaluation would be there)."""
+    home, temp = tmp_path / "home", short_temp_dir()
+    home.mkdir()
+    env = dict(ray_env(home), MFCBENCH_PERSIST_S="3600", MFCBENCH_CACHE=str(tmp_path / "cache"))
+    path = write_sweep(tmp_path / "a.yaml", base={**TINY_BASE, "training": {**TINY_BASE["training"],
+                                                                             "epochs_per_step": [12]}},
+                       variants={"good": {}, "tiny-lr": {"training.lr": 1e-7}}, max_concurrent=1,
+                       scheduler={"metric": "val/elbo", "grace_period": 2, "reduction_factor": 4})
+    done = run([str(BIN / "mfcbench"), "sweep", str(path), "--storage", bucket, "--ray-temp-dir", temp], env,
+               timeout=300)
+    kill_all(processes_of(temp))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    remote = Bucket(f"{bucket}/t")
+    markers = [f for f in remote.files() if f.endswith("mfcbench-stopped-early.json")]
+    assert markers, "the scheduler stopped no trial: " + done.stdout[-2000:]
+    for marker in markers:
+        epoch = json.loads(remote.read_text(marker))["epoch"]
+        folder = marker.rsplit("/", 1)[0]
+        (metrics,) = [f for f in remote.files(folder) if f.endswith("metrics.jsonl")]
+        assert len(remote.read_text(metrics).splitlines()) == epoch >= 2

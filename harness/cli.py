@@ -244,7 +244,9 @@ def _cmd_sweep(args) -> int:
         print(f"mfcbench sweep: {error}", file=sys.stderr)
         return 2
     except SweepStopped as stopped:
-        again = f"mfcbench sweep {args.file} --storage {plan.storage} --name {plan.name} --resume"
+        flags = [f"--{flag.replace('_', '-')} {value}" for flag, value in
+                 (("address", args.address), ("tracker", args.tracker), ("ray_temp_dir", args.ray_temp_dir)) if value]
+        again = " ".join([f"mfcbench sweep {args.file} --storage {plan.storage} --name {plan.name} --resume", *flags])
         print(f"sweep stopped before it finished: {len(stopped.unfinished)} trial(s) had not ended; Ray Tune saved "
               f"its state in {experiment}; continue with: {again}", flush=True)
         return 130

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 from harness.log_text import clock, significant
+from harness.storage import is_bucket, join
 from harness.sweep.tune.session import ANSI_CODE
 from harness.sweep.tune.protocol import reported_status
 
@@ -109,7 +110,10 @@ def event_printer(total: int, verbose: int = 0, grid_trials: list[dict] = ()):
         def on_trial_error(self, iteration, trials, trial, **info):
             self.unfinished.discard(trial.trial_id)
             self.errored.add(trial.trial_id)
-            self._print(f"ERROR    {self._tag(trial)}: {_error_summary(trial)} (see {trial.path}/error.txt)")
+            # Tune's trial.path drops a bucket's scheme; the trial folder is trial_<id> in the experiment
+            where = trial.config.get("experiment_dir")
+            folder = join(where, f"trial_{trial.trial_id}") if where and is_bucket(where) else trial.path
+            self._print(f"ERROR    {self._tag(trial)}: {_error_summary(trial)} (see {folder}/error.txt)")
             self._progress(trials)
 
         def on_step_end(self, iteration, trials, **info):

@@ -69,6 +69,10 @@ class ModelConfig(BaseModel):
         default=None, ge=0, description="epochs of autoencoder pretraining before the GMM prior init (appendix D.5's "
                                         "VaDE). None: vade about 5,000 optimiser steps (at least 10 epochs), mfcvae 0 "
                                         "(docs/configuration.md gives the measurements)")
+    pretrain: Literal["autoencoder", "stacked-denoising"] = Field(
+        default="autoencoder", description="how pretrain_epochs are spent: a plain autoencoder end to end, or DEC's "
+                                           "stacked denoising autoencoder (pretrain_epochs per layer, then as many end "
+                                           "to end; shared-mlp with one facet only). models/pretrain.py")
     features: Literal["pixels", "pca"] = Field(default="pixels", description="kmeans/gmm inputs")
     pca_components: PositiveInt = 50
 
@@ -92,6 +96,9 @@ class ModelConfig(BaseModel):
                                  f"covariance must be 'diagonal', got {self.covariance!r}")
             if not self.architecture.startswith("shared"):
                 raise ValueError(f"vade uses a shared architecture (shared-mlp or shared-conv), got {self.architecture!r}")
+        if self.pretrain == "stacked-denoising" and (self.architecture != "shared-mlp" or self.n_facets != 1):
+            raise ValueError(f"pretrain 'stacked-denoising' needs architecture 'shared-mlp' with one facet, got "
+                             f"{self.architecture!r} with {self.n_facets} facet(s); allowed otherwise: 'autoencoder'")
         if self.name in ("kmeans", "gmm") and self.n_facets != 1:
             raise ValueError(f"{self.name} finds one partition: n_clusters must have 1 entry, got {self.n_clusters}")
         if self.decoder_merge is None:

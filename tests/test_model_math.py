@@ -253,6 +253,46 @@ def test_vade_pretrains_then_takes_means_and_variances_from_the_gmm_on_the_pretr
     np.testing.assert_allclose(prior.weights.detach().numpy(), gmm.weights_, rtol=1e-4, atol=1e-6)
 
 
+def test_stacked_denoising_pretraining_pairs_each_layer_with_its_mirror_and_learns_as_dec():
+    """DEC's stacked denoising autoencoder (VaDE's pretraining, appendix D.5): each encoder layer with the
+    decoder layer that maps back to its input, layer-wise losses that fall, then end-to-end fine-tuning;
+    a seed fixes the result; architectures it cannot pair are refused by name."""
+    from models.pretrain import mirror_pairs, pretrain_stacked_denoising
+
+    x = torch.rand(256, 1, 8, 8, generator=torch.Generator().manual_seed(0)).round()
+    cfg = ModelConfig(name="vade", latent_dims=[2], n_clusters=[3], hidden_sizes=[32, 16], pretrain_epochs=12,
+                      pretrain="stacked-denoising")
+
+    def pretrained(epochs: int):
+        torch.manual_seed(1)
+        model = build_model(cfg, (1, 8, 8), "bernoulli")
+        losses = pretrain_stacked_denoising(model, x, epochs, 32, 1e-2, torch.Generator().manual_seed(0),
+                                            lambda s: None)
+        return model, losses
+
+    model = build_model(cfg, (1, 8, 8), "bernoulli")
+    h = x.flatten(1)
+    widths = []
+    for encode, mirror, params in mirror_pairs(model):
+        code = encode(h)
+        assert mirror(code).shape == h.shape  # the mirror maps the layer's output back to its input
+        widths.append(code.shape[-1])
+        h = code
+    assert widths == [32, 16, 2]
+    one, after_one = pretrained(1)
+    many, after_many = pretrained(12)
+    assert after_many[0] < after_one[0] - 1.0  # the first pair reconstructs the images better with more passes
+    ones = torch.ones_like(many.alphas)
+    reconstruction = lambda m: -m.likelihood.log_prob(m.decode(m.posterior_means(x), ones), x).mean().item()  # noqa: E731
+    assert reconstruction(many) < reconstruction(one) - 1.0
+    again, _ = pretrained(12)
+    for a, b in zip(many.parameters(), again.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="pretrain 'stacked-denoising' needs architecture 'shared-mlp' with one "
+                                         "facet, got 'ladder-mlp' with 2 facet"):
+        ModelConfig(latent_dims=[2, 2], n_clusters=[3, 3], pretrain="stacked-denoising")
+
+
 @pytest.mark.parametrize("scale", [0.1, 1.0])
 def test_data_dependent_init_scales_layer_outputs(scale):
     """Every layer's output gets mean 0 and std `model.data_init_scale` on the init batch (the

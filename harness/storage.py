@@ -199,3 +199,38 @@ class FolderUpload:
     def discard(self) -> None:
         """The local folder, once its last upload is done (the node's disk is not the trial's store)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class InPlace:
+    """A trial's persist on a storage folder: its run folders are written in place."""
+
+    def __call__(self, final: bool = False) -> int:
+        return 0
+
+    def discard(self) -> None:
+        pass
+
+
+def trial_copy(location: str, trial_id: str) -> tuple[Path, FolderUpload | InPlace]:
+    """(the experiment folder a trial writes into, its persist). On a storage folder: that folder and
+    InPlace. On a bucket: this node's copy, with the trial's folder first made what the bucket holds
+    (what an earlier start of the trial uploaded: a retry or a resume continues from there), and a
+    FolderUpload every MFCBENCH_PERSIST_S seconds (default PERSIST_EVERY_S)."""
+    if not is_bucket(location):
+        return Path(location), InPlace()
+    bucket, local = Bucket(location), local_copy(location)
+    folder = local / f"trial_{trial_id}"  # harness.layout.trial_folder
+    shutil.rmtree(folder, ignore_errors=True)
+    bucket.download(local, folder.name)
+    every_s = float(os.environ.get("MFCBENCH_PERSIST_S") or PERSIST_EVERY_S)
+    return local, FolderUpload(bucket, local, folder, every_s)
+
+
+def write_text(location: str, relative: str, text: str) -> None:
+    """One small file at `location/relative`, in a folder or a bucket (the driver's markers)."""
+    if is_bucket(location):
+        Bucket(location).write_text(relative, text)
+        return
+    path = Path(location, relative)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

@@ -45,7 +45,7 @@ from harness.sweep.spec import SweepConfig
 from harness.files import write_json_atomic
 from harness.layout import SUGGESTION_FILE
 from harness.sweep.tune.protocol import STATUS, reported_status, seed_key, suggestion_path
-from harness.storage import Bucket, is_bucket, local_copy
+from harness.storage import Bucket, is_bucket, local_copy, write_text
 from harness.trial.config import TrialConfig
 
 
@@ -113,14 +113,8 @@ def stopped_early_marker():
     class StoppedEarlyMarker(Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
             if stopped_early(trial.last_result):
-                text = json.dumps({"epoch": trial.last_result.get("epoch")})
-                location, folder = trial.config["experiment_dir"], f"trial_{trial.trial_id}"
-                if is_bucket(location):
-                    Bucket(location).write_text(f"{folder}/{STOPPED_EARLY_FILE}", text)
-                    return
-                trial_dir = Path(location) / folder
-                trial_dir.mkdir(parents=True, exist_ok=True)
-                (trial_dir / STOPPED_EARLY_FILE).write_text(text)
+                write_text(trial.config["experiment_dir"], f"trial_{trial.trial_id}/{STOPPED_EARLY_FILE}",
+                           json.dumps({"epoch": trial.last_result.get("epoch")}))
 
     return StoppedEarlyMarker()
 

@@ -59,6 +59,7 @@ from typing import Callable, Sequence
 from harness.compat import with_legacy_defaults
 from harness.files import write_json_atomic
 from harness.layout import TRIAL_META, run_folder, trial_folder
+from harness.storage import trial_copy
 from harness.sweep.tune.protocol import PER_SEED_METRICS, STATUS, seed_key, trial_point
 from harness.trial.config import TrialConfig
 from harness.trial.config_io import read_run_config, resume_config
@@ -82,7 +83,7 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
     from harness.trial.precision import PrecisionError
 
     trial_id = tune.get_context().get_trial_id()
-    experiment_dir, persist = trial_storage(params["experiment_dir"], trial_id)
+    experiment_dir, persist = trial_copy(params["experiment_dir"], trial_id)
     params = {**params, "experiment_dir": str(experiment_dir)}
 
     def send(metrics: dict) -> None:  # what Tune sees, after the bucket's copy of the trial folder
@@ -166,34 +167,6 @@ def trainable(params: dict, grid_trials: Sequence[dict] = (), report: str = "eve
         send({**held, **identity, STATUS: "failed", "error": str(error)})
         return
     send({**(held or finite_metrics(result["final"])), **identity, STATUS: "completed"})
-
-
-def trial_storage(location: str, trial_id: str) -> tuple[Path, Callable[..., int]]:
-    """(the experiment folder this trial writes into, persist). On a POSIX storage: the experiment
-    folder itself and a persist that does nothing. On a bucket (harness.storage): this node's copy,
-    with the trial's folder first made what the bucket holds (what an earlier start of the trial
-    uploaded: a retry or a resume continues from there), and a persist that uploads what changed,
-    at most every MFCBENCH_PERSIST_S seconds (default PERSIST_EVERY_S) and always when final."""
-    from harness.storage import PERSIST_EVERY_S, Bucket, FolderUpload, is_bucket, local_copy
-
-    if not is_bucket(location):
-        return Path(location), _NoUpload()
-    bucket, local = Bucket(location), local_copy(location)
-    folder = trial_folder(local, trial_id)
-    shutil.rmtree(folder, ignore_errors=True)
-    bucket.download(local, folder.name)
-    every_s = float(os.environ.get("MFCBENCH_PERSIST_S") or PERSIST_EVERY_S)
-    return local, FolderUpload(bucket, local, folder, every_s)
-
-
-class _NoUpload:
-    """persist on a storage folder: the run folders are written in place."""
-
-    def __call__(self, final: bool = False) -> int:
-        return 0
-
-    def discard(self) -> None:
-        pass
 
 
 def seeds_text(seeds: Sequence[int]) -> str:

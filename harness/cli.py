@@ -217,6 +217,7 @@ def _cmd_demo(args) -> int:
 
 def _cmd_sweep(args) -> int:
     from harness.sweep.checks import SweepError, address_problem, plan_sweep
+    from harness.storage import is_bucket
     from harness.sweep.tune.driver import SweepStopped, run_sweep
     from harness.trial.config import ConfigError
 
@@ -258,7 +259,7 @@ def _cmd_sweep(args) -> int:
         from harness.sweep.tune.tracking import mlflow_tracking_uri
 
         print(f"MLflow: mlflow ui --backend-store-uri {mlflow_tracking_uri(plan.experiment_dir)}")
-    out = plan.experiment_dir if experiment.startswith(str(plan.experiment_dir)) else plan.name
+    out = plan.name if is_bucket(plan.storage) else plan.experiment_dir  # a bucket's report goes here
     print(f"report it with: mfcbench report {experiment} --out {out}/report")
     return 0
 

@@ -117,6 +117,8 @@ def upgrade_searcher(attributes: dict) -> dict:
     """A pickled searcher's attributes with those it lacks set as the code that pickled it meant them."""
     for name, value in LEGACY_SEARCHER_ATTRIBUTES.items():
         attributes.setdefault(name, value)
+    # One pickled before bucket storage ran in its storage folder: that folder is its location.
+    attributes.setdefault("location", str(attributes["experiment_dir"]))
     return attributes
 
 

@@ -171,16 +171,15 @@ class ReplicatedOptunaSearch(Searcher):
     def local(self) -> Path:
         """The experiment folder this driver reads and writes: the storage folder, or on a bucket this
         host's copy of it, whose files are uploaded (`_upload`) as they change."""
-        location = getattr(self, "location", None)  # absent from a searcher an older mfcbench pickled
-        return local_copy(location, "driver") if location and is_bucket(location) else self.experiment_dir
+        return local_copy(self.location, "driver") if is_bucket(self.location) else self.experiment_dir
 
     def _upload(self, *paths: Path) -> None:
-        if is_bucket(getattr(self, "location", None) or ""):
+        if is_bucket(self.location):
             Bucket(self.location).upload(self.local, [p for p in paths if p.exists()])
 
     def _download_runs(self, runs: list[tuple[str, int]]) -> None:
         """On a bucket: the run folders the seed agreement reads, from where their trials uploaded them."""
-        if is_bucket(getattr(self, "location", None) or ""):
+        if is_bucket(self.location):
             bucket = Bucket(self.location)
             for trial_id, seed in runs:
                 bucket.download(self.local, run_folder("", trial_id, seed).as_posix())

@@ -1,4 +1,5 @@
-"""`mfcbench report`, `mfcbench parity`, `mfcbench results-table` and `mfcbench lpips-weights`.
+"""`mfcbench report`, `mfcbench parity`, `mfcbench compare`, `mfcbench results-table` and
+`mfcbench lpips-weights`.
 
 Registered with harness's command line through the `mfcbench.commands` entry point
 (pyproject.toml), so results flow one way: harness writes them, reports reads them, and harness
@@ -53,6 +54,28 @@ def _cmd_parity(args) -> int:
         print(f"mfcbench parity: {error}", file=sys.stderr)
         return 2
     print(f"parity table written: {summary}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from reports.compare import CompareError, compare_studies
+
+    out = Path(args.out) if args.out else None
+    try:
+        if out is not None and not out.parent.is_dir():
+            raise CompareError(f"--out {out}: its folder {out.parent} does not exist")
+        table = compare_studies(Path(args.study), [Path(s) for s in args.against], args.metric)
+    except (OSError, CompareError) as error:
+        print(f"mfcbench compare: {error}", file=sys.stderr)
+        return 2
+    if table.empty:
+        print(f"mfcbench compare: no variant of {args.against} trained on the data of {args.study}'s variants",
+              file=sys.stderr)
+        return 1
+    print(table.to_string(index=False))
+    if out is not None:
+        table.to_csv(out, index=False)
+        print(f"written: {out}")
     return 0
 
 
@@ -118,6 +141,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peer-name", default="authors", help="the peer's `code` value in that CSV")
     p.add_argument("--out", required=True, help="folder for runs.csv, summary.csv and summary.md")
     p.set_defaults(func=_cmd_parity)
+
+    p = sub.add_parser("compare", help="a study's variants against earlier studies' on the same data, from runs.csv")
+    p.add_argument("study", help="a study folder holding runs.csv (reports/published/NAME, or a report's --out)")
+    p.add_argument("--against", nargs="+", required=True, metavar="STUDY", help="earlier study folders")
+    p.add_argument("--metric", default="acc/facet1/label", help="a runs.csv column (default acc/facet1/label), in %%")
+    p.add_argument("--out", help="also write the table as CSV here (e.g. the study's versus-earlier.csv)")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("results-table", help="the README's results table, remade from the committed studies' CSVs")
     p.add_argument("--readme", default="README.md", help="file holding the table's markers (default README.md)")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from reports.results_table import END, START, ResultsTableError, table_markdown, update_readme
@@ -125,3 +126,53 @@ def test_no_published_run_with_data_init_trained_before_the_init_fix():
             assert newer.returncode == 0, f"{runs_csv}: runs with model.init data trained on {commit}, before {INIT_FIX}"
             checked += 1
     assert checked  # the shapes studies train with data-dependent init
+
+
+def runs_csv(folder: Path, rows: list[tuple]) -> Path:
+    """A study folder whose runs.csv has (variant, seed, train_images or '', status, accuracy) rows."""
+    folder.mkdir(parents=True)
+    lines = ["variant,seed,dataset.name,dataset.train_images,status,acc/facet1/label"]
+    lines += [f"{v},{seed},fashion-mnist,{images},{status},{acc}" for v, seed, images, status, acc in rows]
+    (folder / "runs.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_compare_pairs_variants_on_the_same_data_with_seed_by_seed_differences(tmp_path):
+    from reports.compare import compare_studies
+
+    new = runs_csv(tmp_path / "new", [("a", 0, "", "completed", 0.60), ("a", 1, "", "completed", 0.70),
+                                      ("a", 2, "", "failed", ""), ("a5k", 0, 5000, "completed", 0.90)])
+    old = runs_csv(tmp_path / "old", [("b", 0, "", "completed", 0.50), ("b", 1, "", "completed", 0.75),
+                                      ("b", 3, "", "completed", 0.55), ("b5k", 0, 5000, "completed", 0.10)])
+    table = compare_studies(new, [old]).set_index(["this_study", "against"])
+    assert set(table.index) == {("new/a", "old/b"), ("new/a5k", "old/b5k")}  # whole set never against a subset
+    row = table.loc[("new/a", "old/b")]
+    assert (row["n"], row["against_n"]) == (2, 3)  # the failed run does not count
+    assert row["mean"] == 65.0 and row["against_mean"] == 60.0 and row["difference"] == 5.0
+    assert row["p_this_better"] == round(4 / 6, 2)  # 60 beats 50 and 55; 70 beats all three
+    assert row["paired_n"] == 2 and row["paired_difference"] == 2.5  # seeds 0 and 1: +10 and -5
+
+
+def test_compare_reproduces_a_committed_studys_table():
+    from reports.compare import compare_studies
+
+    published = ROOT / "reports" / "published"
+    table = compare_studies(published / "defaults-vade-steps-5k",
+                            [published / "defaults", published / "defaults-mfcvae-init"])
+    committed = pd.read_csv(published / "defaults-vade-steps-5k" / "versus-earlier.csv")
+    merged = committed.merge(table, on=["this_study", "against"], suffixes=("", "_now"))
+    assert len(merged) == len(committed) == 4
+    for column in ["n", "mean", "std", "against_mean", "difference", "p_this_better"]:
+        assert (merged[column] == merged[f"{column}_now"]).all(), column
+
+
+def test_compare_refuses_a_missing_metric_or_out_folder_and_writes_nothing(tmp_path):
+    study = runs_csv(tmp_path / "s", [("a", 0, "", "completed", 0.6)])
+    before = sorted(tmp_path.rglob("*"))
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "compare", str(study), "--against", str(study),
+                          "--metric", "acc/facet1/shape"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "no column 'acc/facet1/shape'" in out.stderr and "acc/facet1/label" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "compare", str(study), "--against", str(study),
+                          "--out", str(tmp_path / "missing" / "v.csv")], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "does not exist" in out.stderr
+    assert sorted(tmp_path.rglob("*")) == before

@@ -18,4 +18,4 @@ demo: .venv/installed
 
 test: .venv/installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests

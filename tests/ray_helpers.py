@@ -9,6 +9,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
+
+import pytest
 
 BIN = Path(sys.executable).parent
 
@@ -106,3 +109,17 @@ def journal_study(path):
 
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path / "optuna.journal")))
     return optuna.load_study(study_name="t", storage=storage)
+
+
+def wait_until(job: subprocess.Popen, ready: Callable[[], Any], what: str, timeout: float = 240) -> Any:
+    """Call `ready` every 0.2 s until it returns something truthy, and return that; fail the test if
+    `job` ends first (quoting the end of its output when piped) or after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = ready()
+        if value:
+            return value
+        if job.poll() is not None:
+            pytest.fail(f"the job ended before {what}:\n{job.stdout.read()[-3000:] if job.stdout else ''}")
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting until {what}")

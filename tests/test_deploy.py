@@ -4,13 +4,12 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ray_helpers import BIN, free_port, kill_all, processes_of, ray_env, run, short_temp_dir
+from ray_helpers import BIN, free_port, kill_all, processes_of, ray_env, run, short_temp_dir, wait_until
 from sweep_helpers import long_trial_base
 
 ROOT = Path(__file__).parent.parent
@@ -58,16 +57,6 @@ def _lines(experiment: Path) -> dict[Path, int]:
             if not (p.parent / "result.json").exists()}
 
 
-def _wait_until(job: subprocess.Popen, ready, what: str, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if ready():
-            return
-        assert job.poll() is None, f"the job ended before {what}:\n{job.stdout.read()[-3000:]}"
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting until {what}")
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 def test_slurm_job_requeued_mid_sweep_finishes_every_trial_once(tmp_path):
@@ -101,7 +90,7 @@ def test_slurm_job_requeued_mid_sweep_finishes_every_trial_once(tmp_path):
     # 1. the time limit is near: SLURM signals the batch shell, which stops the driver and requeues
     job = launch(0)
     try:
-        _wait_until(job, lambda: list(experiment.glob("trial_*/runs/seed*/result.json"))
+        wait_until(job, lambda: list(experiment.glob("trial_*/runs/seed*/result.json"))
                     and any(3 <= n <= 20 for n in _lines(experiment).values()), "a trial finished")
         job.send_signal(signal.SIGUSR1)
         out, _ = job.communicate(timeout=180)
@@ -118,7 +107,7 @@ def test_slurm_job_requeued_mid_sweep_finishes_every_trial_once(tmp_path):
     before = _lines(experiment)
     job = launch(1)
     try:
-        _wait_until(job, lambda: any(n >= before.get(p, 0) + 3 for p, n in _lines(experiment).items()),
+        wait_until(job, lambda: any(n >= before.get(p, 0) + 3 for p, n in _lines(experiment).items()),
                     "a run went on")
     finally:
         kill_all(processes_of(temp, roots=[job.pid]))

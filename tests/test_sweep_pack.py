@@ -528,9 +528,8 @@ def test_kill_driver_then_resume_a_packed_sweep(tmp_path):
     """The driver dies while the second pack trains: --resume keeps the first pack's seeds as they were and
     trains the second pack's seeds again from the start, each evaluation once."""
     import subprocess
-    import time
 
-    from ray_helpers import BIN, kill_all, processes_of, ray_env, run, short_temp_dir
+    from ray_helpers import BIN, kill_all, processes_of, ray_env, run, short_temp_dir, wait_until
 
     home, temp = tmp_path / "home", short_temp_dir()
     home.mkdir()
@@ -544,17 +543,13 @@ def test_kill_driver_then_resume_a_packed_sweep(tmp_path):
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
+        def first_pack_done_second_early() -> bool:
             done = list(experiment.glob("trial_*/runs/seed*/result.json"))
             partial = [p for p in experiment.glob("trial_*/runs/seed*/metrics.jsonl")
                        if not (p.parent / "result.json").exists() and 3 <= len(p.read_text().splitlines()) <= 20]
-            if len(done) == 2 and len(partial) == 2:
-                break
-            assert driver.poll() is None, "the sweep ended before it could be interrupted"
-            time.sleep(0.2)
-        else:
-            pytest.fail("the first pack did not finish in time")
+            return len(done) == 2 and len(partial) == 2
+
+        wait_until(driver, first_pack_done_second_early, "the first pack finished and the second was early in its run")
     finally:
         kill_all(processes_of(temp, roots=[driver.pid]))
     finished_before = {str(p): p.read_text() for p in experiment.glob("trial_*/runs/seed*/result.json")}

@@ -4,7 +4,6 @@ import json
 import math
 import re
 import subprocess
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +13,7 @@ import yaml
 from harness.trial.config import ConfigError
 from harness.sweep.load import load_sweep
 
-from ray_helpers import BIN, kill_all, processes_of, run, short_temp_dir, ray_env, start_two_node_cluster
+from ray_helpers import BIN, kill_all, processes_of, run, short_temp_dir, ray_env, start_two_node_cluster, wait_until
 from sweep_helpers import long_trial_base, trial_runs, write_sweep
 
 
@@ -212,16 +211,13 @@ def test_retry_errored_resumes_a_lost_trial_in_its_own_run_folder(tmp_path, kind
     try:
         driver = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   start_new_session=True)
-        deadline = time.time() + 180
-        while time.time() < deadline:  # early in the run, so it cannot finish before the kill lands
-            metrics = list(experiment.glob("trial_*/runs/seed0/metrics.jsonl"))
-            if metrics and 3 <= len(metrics[0].read_text().splitlines()) <= 20:
-                break
-            assert driver.poll() is None, "the sweep ended before its trial could be killed"
-            time.sleep(0.2)
-        else:
-            pytest.fail("the trial did not start in time")
-        trial_dir = metrics[0].parents[2]
+
+        def early_in_its_run() -> Path | None:  # so it cannot finish before the kill lands
+            metrics = next(experiment.glob("trial_*/runs/seed0/metrics.jsonl"), None)
+            return metrics if metrics and 3 <= len(metrics.read_text().splitlines()) <= 20 else None
+
+        metrics = wait_until(driver, early_in_its_run, "the trial was early in its run", timeout=180)
+        trial_dir = metrics.parents[2]
         worker = json.loads((trial_dir / "mfcbench-trial.json").read_text())["starts"][-1]["pid"]
         kill_all({worker})
         out, _ = driver.communicate(timeout=120)
@@ -229,7 +225,7 @@ def test_retry_errored_resumes_a_lost_trial_in_its_own_run_folder(tmp_path, kind
         kill_all(processes_of(temp))
     assert driver.returncode == 0, out[-3000:]
     assert re.search(r"^\d\d:\d\d:\d\d ERROR    \w+ \[(base|search)\]", out, re.M), out[-3000:]
-    assert not (metrics[0].parent / "result.json").exists()
+    assert not (metrics.parent / "result.json").exists()
 
     resumed = run(cmd + ["--resume", "--retry-errored"], env, timeout=300)
     try:
@@ -237,9 +233,9 @@ def test_retry_errored_resumes_a_lost_trial_in_its_own_run_folder(tmp_path, kind
     finally:
         kill_all(processes_of(temp))
     assert [p.name for p in experiment.glob("trial_*")] == [trial_dir.name]  # same id, no second folder
-    result = json.loads((metrics[0].parent / "result.json").read_text())
+    result = json.loads((metrics.parent / "result.json").read_text())
     assert result["status"] == "completed" and result["resumed_at_epoch"]
-    logged = [json.loads(line)["epoch"] for line in metrics[0].read_text().splitlines()]
+    logged = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
     assert logged == list(range(1, epochs + 1))
     starts = json.loads((trial_dir / "mfcbench-trial.json").read_text())["starts"]
     assert len(starts) == 2 and starts[0]["pid"] == worker
@@ -273,18 +269,16 @@ def test_trial_on_a_lost_node_continues_on_another_from_its_run_folder(tmp_path)
         address = start_two_node_cluster(env, head_temp, worker_temp)
         driver = subprocess.Popen([str(BIN / "mfcbench"), "sweep", str(path), "--address", address], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        on_worker = None
-        deadline = time.time() + 180
-        while on_worker is None and time.time() < deadline:
+        def early_on_the_worker() -> Path | None:
             worker_pids = processes_of(worker_temp)
             for meta in experiment.glob("trial_*/mfcbench-trial.json"):
                 metrics = next(meta.parent.glob("runs/seed*/metrics.jsonl"), None)
                 if (json.loads(meta.read_text())["starts"][-1]["pid"] in worker_pids and metrics is not None
                         and 3 <= len(metrics.read_text().splitlines()) <= 20):
-                    on_worker = meta.parent
-            assert driver.poll() is None, "the sweep ended before the worker node could be killed"
-            time.sleep(0.2)
-        assert on_worker is not None, "no trial ran on the worker node in time"
+                    return meta.parent
+            return None
+
+        on_worker = wait_until(driver, early_on_the_worker, "a trial was early in its run on the worker node", timeout=180)
         kill_all(processes_of(worker_temp))
         out, _ = driver.communicate(timeout=400)
     finally:

@@ -12,7 +12,8 @@ import yaml
 from harness.trial.config import ConfigError
 from harness.sweep.load import load_sweep
 
-from ray_helpers import BIN, free_port, kill_all, processes_of, run, short_temp_dir, ray_env, start_two_node_cluster
+from ray_helpers import (BIN, free_port, kill_all, processes_of, run, short_temp_dir, ray_env, start_two_node_cluster,
+                         wait_until)
 from sweep_helpers import TINY_BASE, long_trial_base, trial_runs, write_sweep
 
 SWEEPS = Path(__file__).parent.parent / "sweeps"
@@ -566,18 +567,14 @@ def test_kill_driver_then_resume_finishes_each_trial_once(tmp_path):
                               start_new_session=True)
     finished_before: dict[str, str] = {}
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            done = [p for p in experiment.glob("trial_*/runs/seed*/result.json")]
+        def one_done_one_early() -> bool:
+            done = list(experiment.glob("trial_*/runs/seed*/result.json"))
             # early in a run (>= 60 epochs to go), so it cannot finish while the kill is under way
             partial = [p for p in experiment.glob("trial_*/runs/seed*/metrics.jsonl")
                        if not (p.parent / "result.json").exists() and 3 <= len(p.read_text().splitlines()) <= 20]
-            if done and partial:
-                break
-            assert driver.poll() is None, "the sweep ended before it could be interrupted"
-            time.sleep(0.2)
-        else:
-            pytest.fail("no trial finished in time")
+            return bool(done and partial)
+
+        wait_until(driver, one_done_one_early, "a trial finished and another was early in its run")
     finally:
         kill_all(processes_of(temp, roots=[driver.pid]))
     finished_before = {str(p): p.read_text() for p in experiment.glob("trial_*/runs/seed*/result.json")}

@@ -91,7 +91,7 @@ def test_slurm_job_requeued_mid_sweep_finishes_every_trial_once(tmp_path):
     job = launch(0)
     try:
         wait_until(job, lambda: list(experiment.glob("trial_*/runs/seed*/result.json"))
-                    and any(3 <= n <= 20 for n in _lines(experiment).values()), "a trial finished")
+                   and any(3 <= n <= 20 for n in _lines(experiment).values()), "a trial finished", timeout=300)
         job.send_signal(signal.SIGUSR1)
         out, _ = job.communicate(timeout=180)
     finally:
@@ -108,7 +108,7 @@ def test_slurm_job_requeued_mid_sweep_finishes_every_trial_once(tmp_path):
     job = launch(1)
     try:
         wait_until(job, lambda: any(n >= before.get(p, 0) + 3 for p, n in _lines(experiment).items()),
-                    "a run went on")
+                   "a run went on", timeout=300)
     finally:
         kill_all(processes_of(temp, roots=[job.pid]))
 

@@ -32,12 +32,11 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from sklearn.mixture import GaussianMixture
 
     from harness.trial.config_io import load_trial_config
     from harness.trial.metrics import hungarian_accuracy
     from harness.trial.setup import set_up
-    from models.init import batch_statistics
+    from models.init import batch_statistics, fit_gmm
 
     rows = []
     for seed in args.seeds:
@@ -54,8 +53,7 @@ def main() -> int:
         labels = next(iter(data.y_test.values())).cpu().numpy()
         n_classes = int(labels.max()) + 1
         for n_init in (1, args.restarts):
-            gmm = GaussianMixture(n_components=k, covariance_type="diag", random_state=seed, reg_covar=1e-5,
-                                  n_init=n_init).fit(train_latents)  # n_init 1 is models.init.fit_gmm's fit
+            gmm = fit_gmm(train_latents, k, seed, n_init)  # n_init 1: the fit the init itself made
             accuracy = hungarian_accuracy(labels, gmm.predict(test_latents), k, n_classes)
             rows.append((seed, n_init, gmm.lower_bound_, 100 * accuracy))
             print(f"seed {seed} n_init {n_init:>2}: lower bound {gmm.lower_bound_:.4f}, test accuracy "

@@ -105,11 +105,12 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return list(zip(starts, starts[1:] + [n]))
 
 
-def fit_gmm(latents: np.ndarray, n_clusters: int, seed: int):
-    """A diagonal-covariance GaussianMixture on (N, d) latents, as the authors fit it."""
+def fit_gmm(latents: np.ndarray, n_clusters: int, seed: int, n_init: int = 1):
+    """A diagonal-covariance GaussianMixture on (N, d) latents, as the authors fit it (one fit; `n_init`
+    keeps the likeliest of that many, which bench/prior_init_restarts.py measures)."""
     from sklearn.mixture import GaussianMixture
 
     if len(latents) < n_clusters:
         raise ValueError(f"cannot fit {n_clusters} mixture components to {len(latents)} training points")
     return GaussianMixture(n_components=n_clusters, covariance_type="diag", random_state=seed,
-                           reg_covar=1e-5).fit(latents)
+                           reg_covar=1e-5, n_init=n_init).fit(latents)

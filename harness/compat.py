@@ -14,7 +14,9 @@ old files:
      tuner.pkl and a pickled searcher name the old modules, which resolve to the new ones
      (LEGACY_MODULES, install_legacy_modules, called before a Tune experiment is restored);
   4. a searcher pickled before suggestions were recorded resolved, or before packing, and its saved
-     state before lost trials or finished seeds were kept (upgrade_searcher, upgrade_searcher_state).
+     state before lost trials or finished seeds were kept (upgrade_searcher, upgrade_searcher_state);
+  5. configs written before model.prior_init: VaDE's GMM init for vade, appendix D.4's for mfcvae,
+     whatever its facets (with_legacy_run_defaults).
 """
 from __future__ import annotations
 
@@ -34,10 +36,14 @@ LEGACY_RUN_DEFAULTS = {("dataset", "validation_fraction"): 0.0, ("model", "data_
 
 
 def with_legacy_run_defaults(data: dict) -> dict:
-    """`data` (a trial config as a mapping) with the LEGACY_RUN_DEFAULTS keys it lacks filled in, in place."""
+    """`data` (a trial config as a mapping) with the LEGACY_RUN_DEFAULTS keys it lacks filled in, in place,
+    and model.prior_init as the code before it meant it: gmm for vade, means for mfcvae of any facets."""
     for (section, key), value in LEGACY_RUN_DEFAULTS.items():
         if isinstance(data.get(section, {}), dict):
             data.setdefault(section, {}).setdefault(key, value)
+    model = data.get("model")
+    if isinstance(model, dict) and model.get("name", "mfcvae") in ("mfcvae", "vade"):
+        model.setdefault("prior_init", "gmm" if model.get("name") == "vade" else "means")
     return data
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 from .baselines import ClusteringBaseline, GMMBaseline, KMeansBaseline
 from .config import ModelConfig
 from .mfcvae import MFCVAE
-from .vade import VaDE
 
-REGISTRY = {"mfcvae": MFCVAE, "vade": VaDE, "kmeans": KMeansBaseline, "gmm": GMMBaseline}
+# VaDE (Jiang et al., 2017) is MFCVAE with one facet (appendix D.5): the same objective, with its own
+# defaults (ModelConfig): the 500-500-2000 shared MLP, autoencoder pretraining and prior_init gmm.
+REGISTRY = {"mfcvae": MFCVAE, "vade": MFCVAE, "kmeans": KMeansBaseline, "gmm": GMMBaseline}
 
-__all__ = ["ModelConfig", "MFCVAE", "VaDE", "ClusteringBaseline", "REGISTRY", "build_model"]
+__all__ = ["ModelConfig", "MFCVAE", "ClusteringBaseline", "REGISTRY", "build_model"]
 
 
 def build_model(config: ModelConfig, input_shape, likelihood: str | None = None):

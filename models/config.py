@@ -61,13 +61,20 @@ class ModelConfig(BaseModel):
                                  "0.1 is the authors' (boilr's init_scale); it keeps the untrained posterior means "
                                  "far less spread than prior_variance_init, as appendix D.4 asks; at 1.0 the conv "
                                  "ladder's shallow facet collapsed")
-    prior_variance_init: PositiveFloat = 0.01
+    prior_init: Optional[Literal["means", "gmm"]] = Field(
+        default=None, description="what the GMM fitted on the initial latents sets in the prior. means: its means, "
+                                  "covariances at prior_variance_init and pi uniform (appendix D.4, MFCVAE); gmm: "
+                                  "its means, diagonal variances and, unless fix_pi, weights (VaDE, appendix D.5). "
+                                  "None: gmm for vade and for one facet, means for two or more facets "
+                                  "(docs/configuration.md gives the measurements)")
+    prior_variance_init: PositiveFloat = Field(default=0.01, description="prior_init means: the initial variances")
     prior_init_latents: Literal["mean", "sample"] = Field(
         default="mean", description="latents the initial GMM is fitted on: posterior means or samples")
     elbo_form: Literal["primary", "alternate"] = "primary"
     pretrain_epochs: Optional[int] = Field(
         default=None, ge=0, description="epochs of autoencoder pretraining before the GMM prior init (appendix D.5's "
-                                        "VaDE). None: vade about 5,000 optimiser steps (at least 10 epochs), mfcvae 0 "
+                                        "VaDE). None: with prior_init gmm, half as many optimiser steps as training "
+                                        "takes (about 5,000 at the default budget); with prior_init means, 0 "
                                         "(docs/configuration.md gives the measurements)")
     pretrain: Literal["autoencoder", "stacked-denoising"] = Field(
         default="autoencoder", description="how pretrain_epochs are spent: a plain autoencoder end to end, or DEC's "
@@ -88,7 +95,12 @@ class ModelConfig(BaseModel):
             raise ValueError(
                 f"latent_dims has {len(self.latent_dims)} facets but n_clusters has {len(self.n_clusters)}; "
                 "give one entry per facet in both")
+        if self.prior_init is None:
+            self.prior_init = "gmm" if self.name == "vade" or self.n_facets == 1 else "means"
         if self.name == "vade":
+            if self.prior_init != "gmm":
+                raise ValueError("vade's prior init sets the means, variances and weights from its GMM (appendix D.5); "
+                                 f"prior_init must be 'gmm', got {self.prior_init!r}")
             if self.n_facets != 1:
                 raise ValueError(f"vade is single-facet: latent_dims must have 1 entry, got {self.latent_dims}")
             if self.covariance != "diagonal":

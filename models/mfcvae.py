@@ -233,7 +233,14 @@ class MFCVAE(nn.Module):
         self.train()
 
     def init_prior(self, prior: MixturePrior, gmm) -> None:
-        """Appendix D.4: the means from the GMM; mixing weights uniform and covariances at
-        `prior_variance_init` on the diagonal."""
-        prior.set_means(torch.as_tensor(gmm.means_, dtype=prior.means.dtype, device=prior.means.device))
-        prior.reset_covariances(self.config.prior_variance_init)
+        """The prior from the GMM fitted on the initial latents. `prior_init` means (appendix D.4): its
+        means, mixing weights uniform and covariances at `prior_variance_init` on the diagonal. gmm
+        (VaDE, appendix D.5): its means, diagonal variances and, unless `fix_pi`, weights."""
+        as_tensor = lambda a: torch.as_tensor(a, dtype=prior.means.dtype, device=prior.means.device)  # noqa: E731
+        prior.set_means(as_tensor(gmm.means_))
+        if self.config.prior_init == "means":
+            prior.reset_covariances(self.config.prior_variance_init)
+            return
+        prior.reset_covariances(as_tensor(gmm.covariances_))
+        if not self.config.fix_pi:
+            prior.set_weights(as_tensor(gmm.weights_))

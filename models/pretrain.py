@@ -10,6 +10,7 @@ whole stack fine-tuned end to end as above. docs/configuration.md says what each
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -39,6 +40,15 @@ def mirror_pairs(model) -> list[tuple[Callable, nn.Module, list[nn.Parameter]]]:
 
     pairs.append((head_mean, mirrors[-1], [*head.parameters(), *mirrors[-1].parameters()]))
     return pairs
+
+
+class PretrainingDiverged(FloatingPointError):
+    """The pretraining loss went non-finite: the GMM prior init would be fitted on NaN latents."""
+
+
+def _finite(total: float, what: str, epoch: int, epochs: int) -> None:
+    if not math.isfinite(total):
+        raise PretrainingDiverged(f"non-finite loss in {what} epoch {epoch + 1} of {epochs}")
 
 
 def pretrain_stacked_denoising(model, x_train: torch.Tensor, epochs: int, batch_size: int, lr: float,
@@ -71,6 +81,7 @@ def pretrain_stacked_denoising(model, x_train: torch.Tensor, epochs: int, batch_
                 loss.backward()
                 optimiser.step()
                 total += loss.item() * len(rows)
+            _finite(total, f"stacked denoising pretraining (layer {k + 1})", epoch, epochs)
             if epoch + 1 == epochs:
                 last_losses.append(total / len(h))
                 log(f"stacked denoising pretraining, layer {k + 1}: {epochs} epochs, loss {last_losses[-1]:.3f}")
@@ -101,6 +112,7 @@ def pretrain_autoencoder(model, x_train: torch.Tensor, epochs: int, batch_size: 
             loss.backward()
             optimiser.step()
             total += loss.item() * len(x)
+        _finite(total, "autoencoder pretraining", epoch, epochs)
         if epoch + 1 == epochs or (epoch + 1) % max(1, epochs // 10) == 0:
             log(f"autoencoder pretraining epoch {epoch + 1}/{epochs}: reconstruction loss {total / len(x_train):.3f}")
     model.train(was_training)

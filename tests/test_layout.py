@@ -14,7 +14,7 @@ MAX_LINES = 400
 # Every module-level name of the modules that moved into packages, as the last flat layout had them.
 FLAT_LAYOUT_NAMES = {
     'harness.config': (
-        'ConfigError', 'DEFAULT_OPTIMISER_STEPS', 'DEFAULT_PRETRAIN_STEPS', 'DatasetConfig',
+        'ConfigError', 'DEFAULT_OPTIMISER_STEPS', 'DatasetConfig',
         'EvaluationConfig', 'LEGACY_EPOCHS_PER_STEP', 'MIN_EPOCHS_PER_STEP', 'PRECISIONS', 'PRESETS_DIR',
         'RESUME_SAFE_KEYS', 'TrainingConfig', 'TrialConfig', '_flat', 'allowed_keys',
         'allowed_validation_fractions', 'apply_overrides', 'batches_per_epoch', 'data_limit_problems',

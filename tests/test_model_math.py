@@ -207,11 +207,12 @@ def test_log_likelihood_is_bernoulli_on_grey_pixels():
 
 
 def test_prior_init_from_gmm_on_encoder_means():
-    """Appendix D.4: means from a GMM on the untrained encoder's latents, covariances set to the init value."""
+    """Appendix D.4 (prior_init means): means from a GMM on the untrained encoder's latents, covariances
+    set to the init value, pi uniform."""
     from sklearn.mixture import GaussianMixture
 
     torch.manual_seed(0)
-    cfg = ModelConfig(latent_dims=[2], n_clusters=[3], prior_variance_init=0.05)
+    cfg = ModelConfig(latent_dims=[2], n_clusters=[3], prior_variance_init=0.05, prior_init="means", fix_pi=False)
     model = build_model(cfg, (1, 8, 8), "bernoulli")
     x = torch.rand(300, 1, 8, 8)
     means = model.latents(x, sample=False)[0]
@@ -251,6 +252,28 @@ def test_vade_pretrains_then_takes_means_and_variances_from_the_gmm_on_the_pretr
     np.testing.assert_allclose(torch.diagonal(prior.covariances, dim1=-2, dim2=-1).detach().numpy(),
                                gmm.covariances_, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(prior.weights.detach().numpy(), gmm.weights_, rtol=1e-4, atol=1e-6)
+
+
+def test_one_facet_mfcvae_starts_as_vade_and_two_facets_as_appendix_d4():
+    """Unset prior_init: VaDE's GMM init for vade and for one facet (measured better on Fashion-MNIST,
+    docs/configuration.md), appendix D.4's for two or more facets; vade with D.4's init is refused.
+    With the same network and seed, one-facet MFCVAE and VaDE are one model (appendix D.5)."""
+    assert ModelConfig(latent_dims=[2], n_clusters=[3]).prior_init == "gmm"
+    assert ModelConfig(name="vade", latent_dims=[2], n_clusters=[3]).prior_init == "gmm"
+    assert ModelConfig(latent_dims=[2, 2], n_clusters=[3, 3]).prior_init == "means"
+    with pytest.raises(ValueError, match="prior_init must be 'gmm', got 'means'"):
+        ModelConfig(name="vade", latent_dims=[2], n_clusters=[3], prior_init="means")
+    x = torch.rand(256, 1, 8, 8, generator=torch.Generator().manual_seed(0)).round()
+    priors = []
+    for name in ("mfcvae", "vade"):
+        torch.manual_seed(1)
+        model = build_model(ModelConfig(name=name, latent_dims=[2], n_clusters=[3], hidden_sizes=[32],
+                                        pretrain_epochs=3, fix_pi=False), (1, 8, 8), "bernoulli")
+        model.prepare(x, seed=0, batch_size=32, lr=1e-2, log=lambda s: None)
+        priors.append([p.detach() for p in (model.priors[0].means, model.priors[0].covariances, model.priors[0].weights)])
+    for mfcvae, vade in zip(*priors):
+        assert torch.equal(mfcvae, vade)
+    assert not torch.allclose(priors[0][2], torch.full((3,), 1 / 3))  # the GMM's weights, not uniform
 
 
 def test_stacked_denoising_pretraining_pairs_each_layer_with_its_mirror_and_learns_as_dec():

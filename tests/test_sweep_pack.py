@@ -322,6 +322,38 @@ def test_a_pack_whose_every_seed_diverges_is_a_failed_trial(tmp_path):
         assert result["status"] == "failed"
 
 
+def test_a_seed_whose_pretraining_diverges_leaves_the_pack_and_the_others_train(tmp_path, monkeypatch):
+    """VaDE's start in a pack: each seed pretrains as its single run would; one whose pretraining loss
+    goes non-finite gets that failure record before the pack forms, and the other seeds train on."""
+    import models.mfcvae
+    from models.pretrain import PretrainingDiverged
+
+    original, calls = models.mfcvae.pretrain_autoencoder, []
+
+    def diverging_for_the_second_seed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise PretrainingDiverged("non-finite loss in autoencoder pretraining epoch 1 of 2")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(models.mfcvae, "pretrain_autoencoder", diverging_for_the_second_seed)
+    data = json.loads(json.dumps(TINY_BASE))
+    data["model"]["pretrain_epochs"] = None  # the default: half the training epochs
+    data["training"].update({"epochs_per_step": [3], "seeds": [0, 1, 2]})
+    config = TrialConfig.model_validate(data)
+    assert config.model.pretrain_epochs == 2
+    sent = run_pack(config, tmp_path / "trial_x")
+    runs = tmp_path / "trial_x" / "runs"
+    failed = json.loads((runs / "seed1" / "result.json").read_text())
+    assert failed["status"] == "failed" and failed["packed_with"] == [0, 1, 2]
+    assert failed["error"] == ("non-finite loss in autoencoder pretraining epoch 1 of 2; try a lower training.lr "
+                               "or fewer model.pretrain_epochs")
+    assert not (runs / "seed1" / "metrics.jsonl").exists()
+    for s in (0, 2):
+        assert json.loads((runs / f"seed{s}" / "result.json").read_text())["status"] == "completed"
+    assert sent[-1]["mfcbench_status"] == "completed" and sent[-1]["seeds_training"] == 2
+
+
 def test_an_interrupted_pack_trains_its_unfinished_seeds_again_and_keeps_those_that_ended(tmp_path):
     uninterrupted = run_pack(tiny_pack([0, 1, 2]), tmp_path / "whole")
     trial = tmp_path / "trial_x"

@@ -71,9 +71,9 @@ def test_unset_architecture_and_epochs_resolve_per_trial_not_from_the_base(tmp_p
         "vade": {"model.name": "vade", "model.latent_dims": [10], "model.n_clusters": [10]}}}))
     _, trials = load_sweep(path)
     got = {t["variant"]: (t["trial"]["model"]["architecture"], t["trial"]["training"]["epochs_per_step"],
-                          t["trial"]["model"]["pretrain_epochs"]) for t in trials}
-    assert got == {"two": ("ladder-mlp", [455, 455], 0), "one": ("shared-mlp", [910], 0),
-                   "vade": ("shared-mlp", [910], 455)}
+                          t["trial"]["model"]["prior_init"], t["trial"]["model"]["pretrain_epochs"]) for t in trials}
+    assert got == {"two": ("ladder-mlp", [455, 455], "means", 0), "one": ("shared-mlp", [910], "gmm", 455),
+                   "vade": ("shared-mlp", [910], "gmm", 455)}
 
 
 def test_dry_run_prints_trials_without_ray(tmp_path, capsys):

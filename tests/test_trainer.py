@@ -1,4 +1,5 @@
 import json
+import math
 import re
 
 import numpy as np
@@ -7,7 +8,7 @@ import torch
 
 from harness.agreement import read_assignments, suggestion_agreement
 from harness.cli import main
-from harness.trial.config import DEFAULT_OPTIMISER_STEPS, DEFAULT_PRETRAIN_STEPS, MIN_EPOCHS_PER_STEP, ConfigError, TrialConfig, batches_per_epoch
+from harness.trial.config import DEFAULT_OPTIMISER_STEPS, MIN_EPOCHS_PER_STEP, ConfigError, TrialConfig, batches_per_epoch
 from harness.trial.config_io import load_trial_config, read_run_config
 from harness.trial.schedule import Schedule
 from harness.trial.errors import TrialFailed
@@ -384,18 +385,21 @@ def test_bare_train_config_is_consistent():
     assert load_trial_config(None, subset).training.epochs_per_step == [278]  # 4,500 images: 36 batches
 
 
-def test_vade_pretrains_about_default_pretrain_steps_and_mfcvae_not_at_all():
-    """Appendix D.5: VaDE pretrains its autoencoder before the GMM init; unset, about
-    DEFAULT_PRETRAIN_STEPS optimiser steps of it, at least MIN_EPOCHS_PER_STEP epochs. MFCVAE: none."""
-    vade = ["model.name=vade", "model.latent_dims=[3]", "model.n_clusters=[5]"]
-    for extra, n_train in (([], 1294), (["dataset.name=fashion-mnist"], 54000),
-                           (["dataset.name=fashion-mnist", "dataset.train_images=5000"], 4500)):
-        epochs = load_trial_config(None, vade + extra).model.pretrain_epochs
-        steps = epochs * batches_per_epoch(n_train, 128)
-        assert epochs >= MIN_EPOCHS_PER_STEP and DEFAULT_PRETRAIN_STEPS <= steps < DEFAULT_PRETRAIN_STEPS + steps / epochs
-    assert load_trial_config(None, vade + ["dataset.name=fashion-mnist"]).model.pretrain_epochs == 12
-    assert load_trial_config(None, vade + ["model.pretrain_epochs=0"]).model.pretrain_epochs == 0
-    assert load_trial_config(None, ["model.latent_dims=[3]", "model.n_clusters=[5]"]).model.pretrain_epochs == 0
+def test_gmm_start_pretrains_half_the_training_steps_and_the_appendix_d4_start_not_at_all():
+    """Appendix D.5: VaDE pretrains its autoencoder before the GMM init, and so does MFCVAE with one facet
+    (prior_init gmm); unset, for half as many optimiser steps as training takes, about 5,000 at the
+    default budget. Two facets (prior_init means): none."""
+    one_facet = ["model.latent_dims=[3]", "model.n_clusters=[5]"]
+    for name in ("vade", "mfcvae"):
+        for extra, pretrain in (([], 455), (["dataset.name=fashion-mnist"], 12),
+                                (["dataset.name=fashion-mnist", "dataset.train_images=5000"], 139),
+                                (["training.epochs_per_step=[7]"], 4)):
+            config = load_trial_config(None, one_facet + [f"model.name={name}"] + extra)
+            assert config.model.pretrain_epochs == pretrain
+            assert config.model.pretrain_epochs == math.ceil(sum(config.training.epochs_per_step) / 2)
+    assert load_trial_config(None, one_facet + ["model.name=vade", "model.pretrain_epochs=0"]).model.pretrain_epochs == 0
+    assert load_trial_config(None, one_facet + ["model.prior_init=means"]).model.pretrain_epochs == 0
+    assert load_trial_config(None, ["model.latent_dims=[3,3]", "model.n_clusters=[5,5]"]).model.pretrain_epochs == 0
 
 
 def test_help_answers_without_importing_torch():
@@ -495,3 +499,17 @@ def test_configs_from_before_the_data_init_fix_keep_unit_scale():
     assert written["model"]["data_init_scale"] == 0.1
     del written["model"]["data_init_scale"]
     assert with_legacy_defaults(written)["model"]["data_init_scale"] == 1.0
+
+
+def test_pretraining_that_diverges_fails_the_trial_saying_what_to_change(tmp_path):
+    """A non-finite pretraining loss stops the trial before the GMM init (which would fail on NaN
+    latents with scikit-learn's words): the failure record names the stage and the keys to change."""
+    config = small_config(model={"latent_dims": [3], "n_clusters": [10], "hidden_sizes": [32]},
+                          training={"epochs_per_step": [2], "lr": 1e12, "fade_in_batches": None})
+    assert config.model.pretrain_epochs == 1
+    with pytest.raises(TrialFailed, match="non-finite loss in autoencoder pretraining epoch 1 of 1; try a lower "
+                                          "training.lr or fewer model.pretrain_epochs"):
+        run_trial(config, tmp_path / "run", **QUIET)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "failed" and result["error"].startswith("non-finite loss in autoencoder pretraining")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -93,9 +93,9 @@ def sweep_with_absolute_paths(sweep: SweepConfig) -> SweepConfig:
 # Keys whose default depends on other keys, which variants, grids and searches may change: an unset
 # training.epochs_per_step on the facets, progressive, the batch size and the data; model.architecture
 # on the facets and the model (one facet or VaDE: shared-mlp); model.decoder_merge on the architecture;
-# model.pretrain_epochs on the model, the batch size and the data.
+# model.prior_init on the model and the facets; model.pretrain_epochs on prior_init and the training epochs.
 PER_TRIAL_DEFAULTS = [("training", "epochs_per_step"), ("model", "architecture"), ("model", "decoder_merge"),
-                      ("model", "pretrain_epochs")]
+                      ("model", "prior_init"), ("model", "pretrain_epochs")]
 
 
 def resolved_base(base: dict | str) -> dict:

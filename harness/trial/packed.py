@@ -109,15 +109,21 @@ class PackedTrial:
         return {seed: results[seed] for seed in self.seeds}
 
     # ---------------------------------------------------------------------------------------------
-    def _set_up(self):
-        """Per seed, as a single run: seed, build, prepare; then its RNG streams. Data loaded once."""
+    def _set_up(self, started: float, results: dict[int, dict]):
+        """Per seed, as a single run: seed, build, prepare; then its RNG streams. Data loaded once. A seed
+        whose preparation fails (its pretraining diverged) gets its failure record and stays out of the
+        pack; TrialFailed when no seed is left."""
         tc = self.config.training
-        setups, noise, cpu_states, data = [], [], [], None
-        for run in self.runs:
+        setups, noise, cpu_states, data, failures = [], [], [], None, {}
+        for i, run in enumerate(self.runs):
             setup = run.set_up(data=data)  # torch.manual_seed(seed), then build_model
             data, self.device = setup.data, setup.device
             run.folder.restart_metrics()
-            setup.model.prepare(data.x_train, run.config.training.seed, tc.batch_size, tc.lr, log=run.log)
+            try:
+                setup.prepare(run.config.training.seed, tc.batch_size, tc.lr, log=run.log)
+            except TrialFailed as error:
+                failures[i] = failure_message(error)
+                continue
             setup.model.train()
             cpu_states.append(torch.get_rng_state())
             if self.device.type == "cpu":
@@ -128,11 +134,18 @@ class PackedTrial:
                 generator.set_state(torch.cuda.get_rng_state(self.device))
             noise.append(generator)
             setups.append(setup)
+        for i, message in failures.items():
+            results[self.seeds[i]] = self.runs[i].finish("failed", self.device, started, error=message, extra=self._extra)
+            self.log(f"[seed{self.seeds[i]}] {message}; {len(setups)} seeds go on")
+        self.active = [i for i in self.active if i not in failures]
+        if not setups:
+            raise TrialFailed(f"every packed seed failed: {'; '.join(dict.fromkeys(failures.values()))} "
+                              f"(seeds {', '.join(str(self.seeds[i]) for i in failures)})")
         return setups, noise, cpu_states
 
     def _train(self, started: float, results: dict[int, dict]) -> list[dict]:
         tc, every = self.config.training, self.config.evaluation.every_n_epochs
-        setups, noise, cpu_states = self._set_up()
+        setups, noise, cpu_states = self._set_up(started, results)
         data, schedule, template, precision = setups[0].data, setups[0].schedule, setups[0].model, setups[0].precision
         params, buffers = pk.stack([setup.model for setup in setups])
         pack = _Pack(params, buffers, torch.optim.Adam(list(params.values()), lr=tc.lr), noise,

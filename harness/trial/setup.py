@@ -13,6 +13,7 @@ from harness.trial.errors import TrialFailed
 from harness.trial.precision import Precision
 from harness.trial.schedule import Schedule
 from models import ClusteringBaseline, build_model
+from models.pretrain import PretrainingDiverged
 
 
 @dataclass
@@ -31,6 +32,14 @@ class Setup:
     @property
     def trains(self) -> bool:
         return self.optimiser is not None
+
+    def prepare(self, seed: int, batch_size: int, lr: float, log: Callable[[str], None]) -> None:
+        """The model's init, pretraining and GMM prior init (`model.prepare`); pretraining whose loss
+        goes non-finite fails the trial with what to change, not with the GMM's NaN error."""
+        try:
+            self.model.prepare(self.data.x_train, seed, batch_size, lr, log=log)
+        except PretrainingDiverged as error:
+            raise TrialFailed(f"{error}; try a lower training.lr or fewer model.pretrain_epochs") from None
 
 
 def choose_device(requested: str) -> torch.device:

@@ -131,7 +131,7 @@ class Trial:
             self.run_.log(f"resumed from {self.folder.checkpoint_path} at epoch {start_epoch}{dropped}")
         else:
             self.folder.restart_metrics()
-            model.prepare(data.x_train, tc.seed, tc.batch_size, tc.lr, log=self.run_.log)
+            setup.prepare(tc.seed, tc.batch_size, tc.lr, log=self.run_.log)
         model.train()
         total = tc.total_epochs
         bar = progress_bar(total * schedule.batches_per_epoch, start_epoch * schedule.batches_per_epoch,

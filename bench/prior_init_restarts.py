@@ -42,7 +42,8 @@ def main() -> int:
     for seed in args.seeds:
         config = load_trial_config(None, [*args.set, f"training.seed={seed}", "training.threads=1"])
         if not config.model.pretrain_epochs:
-            parser.error("the model does not pretrain (model.pretrain_epochs is 0): use model.name=vade")
+            parser.error("the model does not pretrain (model.pretrain_epochs is 0): use one facet or model.name=vade "
+                         "(model.prior_init gmm), or set model.pretrain_epochs")
         started = time.time()
         setup = set_up(config, f"seed {seed}", log=print)
         model, data = setup.model, setup.data

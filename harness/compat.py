@@ -37,13 +37,14 @@ LEGACY_RUN_DEFAULTS = {("dataset", "validation_fraction"): 0.0, ("model", "data_
 
 def with_legacy_run_defaults(data: dict) -> dict:
     """`data` (a trial config as a mapping) with the LEGACY_RUN_DEFAULTS keys it lacks filled in, in place,
-    and model.prior_init as the code before it meant it: gmm for vade, means for mfcvae of any facets."""
+    and model.prior_init as the code before it meant it: gmm for vade, means for mfcvae of any facets,
+    None for the baselines."""
     for (section, key), value in LEGACY_RUN_DEFAULTS.items():
         if isinstance(data.get(section, {}), dict):
             data.setdefault(section, {}).setdefault(key, value)
     model = data.get("model")
-    if isinstance(model, dict) and model.get("name", "mfcvae") in ("mfcvae", "vade"):
-        model.setdefault("prior_init", "gmm" if model.get("name") == "vade" else "means")
+    if isinstance(model, dict):  # baselines: None, as today's configs write it
+        model.setdefault("prior_init", {"mfcvae": "means", "vade": "gmm"}.get(model.get("name", "mfcvae")))
     return data
 
 

@@ -95,7 +95,7 @@ class ModelConfig(BaseModel):
             raise ValueError(
                 f"latent_dims has {len(self.latent_dims)} facets but n_clusters has {len(self.n_clusters)}; "
                 "give one entry per facet in both")
-        if self.prior_init is None:
+        if self.prior_init is None and self.name in ("mfcvae", "vade"):  # baselines fit no prior
             self.prior_init = "gmm" if self.name == "vade" or self.n_facets == 1 else "means"
         if self.name == "vade":
             if self.prior_init != "gmm":

@@ -261,6 +261,10 @@ def test_one_facet_mfcvae_starts_as_vade_and_two_facets_as_appendix_d4():
     assert ModelConfig(latent_dims=[2], n_clusters=[3]).prior_init == "gmm"
     assert ModelConfig(name="vade", latent_dims=[2], n_clusters=[3]).prior_init == "gmm"
     assert ModelConfig(latent_dims=[2, 2], n_clusters=[3, 3]).prior_init == "means"
+    assert ModelConfig(name="kmeans", latent_dims=[1], n_clusters=[3]).prior_init is None  # fits no prior
+    from harness.compat import with_legacy_run_defaults  # configs written before the key: what they trained
+    assert [with_legacy_run_defaults({"model": {"name": name}})["model"]["prior_init"]
+            for name in ("mfcvae", "vade", "kmeans")] == ["means", "gmm", None]
     with pytest.raises(ValueError, match="prior_init must be 'gmm', got 'means'"):
         ModelConfig(name="vade", latent_dims=[2], n_clusters=[3], prior_init="means")
     x = torch.rand(256, 1, 8, 8, generator=torch.Generator().manual_seed(0)).round()

@@ -111,8 +111,8 @@ class PackedTrial:
     # ---------------------------------------------------------------------------------------------
     def _set_up(self, started: float, results: dict[int, dict]):
         """Per seed, as a single run: seed, build, prepare; then its RNG streams. Data loaded once. A seed
-        whose preparation fails (its pretraining diverged) gets its failure record and stays out of the
-        pack; TrialFailed when no seed is left."""
+        whose preparation fails (its pretraining diverged) gets its failure record there and then, and
+        stays out of the pack; TrialFailed when no seed is left."""
         tc = self.config.training
         setups, noise, cpu_states, data, failures = [], [], [], None, {}
         for i, run in enumerate(self.runs):
@@ -123,6 +123,10 @@ class PackedTrial:
                 setup.prepare(run.config.training.seed, tc.batch_size, tc.lr, log=run.log)
             except TrialFailed as error:
                 failures[i] = failure_message(error)
+                results[self.seeds[i]] = run.finish("failed", self.device, started, error=failures[i],
+                                                    extra=self._extra)
+                self.active.remove(i)
+                run.log(f"{failures[i]}; it leaves the pack")
                 continue
             setup.model.train()
             cpu_states.append(torch.get_rng_state())
@@ -134,10 +138,6 @@ class PackedTrial:
                 generator.set_state(torch.cuda.get_rng_state(self.device))
             noise.append(generator)
             setups.append(setup)
-        for i, message in failures.items():
-            results[self.seeds[i]] = self.runs[i].finish("failed", self.device, started, error=message, extra=self._extra)
-            self.log(f"[seed{self.seeds[i]}] {message}; {len(setups)} seeds go on")
-        self.active = [i for i in self.active if i not in failures]
         if not setups:
             raise TrialFailed(f"every packed seed failed: {'; '.join(dict.fromkeys(failures.values()))} "
                               f"(seeds {', '.join(str(self.seeds[i]) for i in failures)})")

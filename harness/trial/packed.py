@@ -62,6 +62,12 @@ def seed_folder(out_dir: str | Path, seed: int) -> Path:
     return Path(out_dir) / f"seed{seed}"
 
 
+def every_seed_failed(messages, seeds: list[int]) -> TrialFailed:
+    """The pack's own failure once no seed is left: each distinct message once, then the seeds."""
+    return TrialFailed(f"every packed seed failed: {'; '.join(dict.fromkeys(messages))} "
+                       f"(seeds {', '.join(map(str, seeds))})")
+
+
 class PackedTrial:
     """Trains `config.training.seeds` packed into `out_dir/seed<s>`, one ordinary run folder each."""
 
@@ -139,8 +145,7 @@ class PackedTrial:
             noise.append(generator)
             setups.append(setup)
         if not setups:
-            raise TrialFailed(f"every packed seed failed: {'; '.join(dict.fromkeys(failures.values()))} "
-                              f"(seeds {', '.join(str(self.seeds[i]) for i in failures)})")
+            raise every_seed_failed(failures.values(), [self.seeds[i] for i in failures])
         return setups, noise, cpu_states
 
     def _train(self, started: float, results: dict[int, dict]) -> list[dict]:
@@ -235,8 +240,7 @@ class PackedTrial:
         failed = [self.seeds[self.active[k]] for k in failures]
         self.active = [self.active[k] for k in survivors]
         if not survivors:
-            raise TrialFailed(f"every packed seed failed: {'; '.join(dict.fromkeys(failures.values()))} "
-                              f"(seeds {', '.join(map(str, failed))})")
+            raise every_seed_failed(failures.values(), failed)
         pack.keep(survivors)
 
     def _snapshot(self, model, optimiser_state: dict, k: int, noise: torch.Generator, data_order: torch.Generator,

@@ -145,7 +145,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="a study's variants against earlier studies' on the same data, from runs.csv")
     p.add_argument("study", help="a study folder holding runs.csv (reports/published/NAME, or a report's --out)")
     p.add_argument("--against", nargs="+", required=True, metavar="STUDY", help="earlier study folders")
-    p.add_argument("--metric", default="acc/facet1/label", help="a runs.csv column (default acc/facet1/label), in %%")
+    p.add_argument("--metric", default="acc/facet1",
+                   help="a runs.csv column, in %%; default acc/facet1: facet 1's accuracy against the data's one "
+                        "label (acc/facet1/label on Fashion-MNIST, acc/facet1/digit on digits)")
     p.add_argument("--out", help="also write the table as CSV here (e.g. the study's versus-earlier.csv)")
     p.set_defaults(func=_cmd_compare)
 

@@ -153,6 +153,25 @@ def test_compare_pairs_variants_on_the_same_data_with_seed_by_seed_differences(t
     assert row["paired_n"] == 2 and row["paired_difference"] == 2.5  # seeds 0 and 1: +10 and -5
 
 
+def test_compare_by_default_reads_each_runs_one_facet1_accuracy_and_refuses_two(tmp_path):
+    from reports.compare import CompareError, compare_studies
+
+    def study(name, rows):
+        lines = ["variant,seed,dataset.name,dataset.train_images,status,acc/facet1/label,acc/facet1/digit"]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "runs.csv").write_text("\n".join(lines + rows) + "\n")
+        return tmp_path / name
+
+    new = study("new", ["f,0,fashion-mnist,,completed,0.60,", "d,0,digits,,completed,,0.90"])
+    old = study("old", ["f,0,fashion-mnist,,completed,0.50,", "d,0,digits,,completed,,0.80"])
+    table = compare_studies(new, [old]).set_index("this_study")
+    assert table.loc["new/f", "difference"] == 10.0 and table.loc["new/d", "difference"] == 10.0
+    assert compare_studies(new, [old], metric="acc/facet1/label")["this_study"].tolist() == ["new/f"]
+    both = study("both", ["f,0,fashion-mnist,,completed,0.60,0.70"])
+    with pytest.raises(CompareError, match=r"several labels \(acc/facet1/label, acc/facet1/digit\); name one"):
+        compare_studies(both, [old])
+
+
 def test_compare_reproduces_a_committed_studys_table():
     from reports.compare import compare_studies
 

@@ -242,9 +242,11 @@ def threads(n: int):
 # Fixed per-trial costs ----------------------------------------------------------------------------
 def fixed_costs(config: TrialConfig, device: torch.device, seed: int = 0) -> dict[str, float]:
     """Seconds of what one trial pays besides its training steps, in the order a trial pays them
-    (harness.trial.setup.set_up, MFCVAE.prepare, harness.trial.evaluation.evaluate)."""
+    (harness.trial.setup.set_up, MFCVAE.prepare, harness.trial.evaluation.evaluate). The prior init is
+    timed on the untrained encoder: the GMM's EM may take more or fewer iterations on pretrained latents."""
     from harness.trial.evaluation import evaluate
     from models.init import batch_statistics, data_dependent_init, fit_gmm
+    from models.pretrain import pretrain_autoencoder, pretrain_stacked_denoising
 
     costs: dict[str, float] = {}
     clock = Stopwatch(device)
@@ -261,6 +263,14 @@ def fixed_costs(config: TrialConfig, device: torch.device, seed: int = 0) -> dic
     batch = data.x_train[torch.randperm(len(data.x_train), generator=generator, device=device)[:512]]
     with clock(costs, init):
         data_dependent_init(trial, lambda: trial.loss_terms(batch, generator=generator))
+    epochs = config.model.pretrain_epochs
+    if epochs:  # linear in its epochs (stacked-denoising: per layer pair and end to end), so one is timed
+        pretrain = pretrain_stacked_denoising if config.model.pretrain == "stacked-denoising" else pretrain_autoencoder
+        one_epoch: dict[str, float] = {}
+        with clock(one_epoch, "epoch"):
+            pretrain(trial, data.x_train, 1, config.training.batch_size, config.training.lr, generator, lambda s: None)
+        costs[f"{config.model.pretrain} pretraining ({epochs} epochs: one timed, times {epochs})"] = \
+            one_epoch["epoch"] * epochs
     with clock(costs, f"prior init: encoder over the {len(data.x_train)} training images"):
         with batch_statistics(model):
             latents = model.latents(data.x_train, sample=config.model.prior_init_latents == "sample",

@@ -136,7 +136,7 @@ def _config_to_resume(args):
     import json
 
     from harness.trial.config import TrialConfig
-    from harness.trial.config_io import (RESUME_SAFE_KEYS, apply_overrides, load_trial_config, read_run_config,
+    from harness.trial.config_io import (RESUME_SAFE_KEYS, apply_overrides, flat, load_trial_config, read_run_config,
                                          read_yaml, resume_config, validate)
 
     out = Path(args.out) if args.out else _default_run_folder(args.config, load_trial_config(args.config,
@@ -165,7 +165,14 @@ def _config_to_resume(args):
     requested = validate(TrialConfig, apply_overrides(base, args.set or []), "trial config")
     config, changed = resume_config(saved, requested)
     if changed:
-        lines = "\n".join(f"  {key}: the run has {old!r}, you asked for {new!r}" for key, (old, new) in changed.items())
+        given = set(flat(base)) | {setting.split("=", 1)[0] for setting in args.set or []}
+
+        def line(key, old, new):
+            if key in given:
+                return f"  {key}: the run has {old!r}, you asked for {new!r}"
+            return (f"  {key}: the run has {old!r}, the default is now {new!r} (you did not set it; "
+                    f"--set {key}={json.dumps(old)} keeps the run's)")
+        lines = "\n".join(line(key, old, new) for key, (old, new) in changed.items())
         raise SystemExit(f"mfcbench train --resume: {out} continues with its own config.yaml; these changes would "
                          f"alter what it trains:\n{lines}\nResume without them (only {', '.join(RESUME_SAFE_KEYS)} may "
                          "change), or start a new run with another --out. Nothing was changed.")

@@ -66,6 +66,16 @@ def copy(source: str, target: str) -> Callable[[Path], None]:
     return setup
 
 
+def without_lr(source: str, target: str) -> Callable[[Path], None]:
+    """A copy of a run's config.yaml that leaves training.lr to the default, as a config from before a
+    default moved does."""
+    def setup(ws: Path) -> None:
+        config = yaml.safe_load((ws / source).read_text())
+        del config["training"]["lr"]
+        (ws / target).write_text(yaml.safe_dump(config))
+    return setup
+
+
 def torn_middle_line(ws: Path) -> None:
     path = ws / "runs" / "killed" / "metrics.jsonl"
     path.write_text('{"epoch": 0, "elb\n' + path.read_text())
@@ -133,6 +143,10 @@ TRAIN_CASES = [
          ["training.lr: the run has 0.002, you asked for 0.1", "Nothing was changed"]),
     Case("resume-other-config", ["train", "--config", "paper-3dshapes", "--out", "{killed}", "--resume"],
          "dataset.name: the run has 'digits', you asked for '3dshapes-config1'"),
+    Case("resume-config-leaving-a-moved-default-unset", ["train", "--config", "{ws}/old.yaml", "--out", "{killed}",
+                                                         "--resume"],
+         ["training.lr: the run has 0.002, the default is now 0.001 (you did not set it; --set training.lr=0.002 "
+          "keeps the run's)", "Nothing was changed"], without_lr("runs/killed/config.yaml", "old.yaml")),
     Case("resume-changed-validation-fraction", ["train", "--out", "{killed}", "--resume", "--set",
                                                 "dataset.validation_fraction=0"],
          ["dataset.validation_fraction: the run has 0.1, you asked for 0", "Nothing was changed"]),

@@ -67,8 +67,8 @@ def _data_label(values) -> str:
 def compare_studies(study: Path, against: list[Path], metric: str = FACET1,
                     scale: float = 100.0) -> pd.DataFrame:
     """Every variant of `study` against every variant of the `against` studies with the same data, in
-    `metric` times `scale` (percent by default; FACET1: each run's one facet-1 accuracy). Raises CompareError, before reading anything else,
-    for a folder without runs.csv or a metric a study lacks."""
+    `metric` times `scale` (percent by default; FACET1: each run's one facet-1 accuracy). Raises
+    CompareError, before reading anything else, for a folder without runs.csv or a metric a study lacks."""
     mine = _completed_runs(Path(study), metric)
     theirs = pd.concat([_completed_runs(Path(s), metric) for s in against])
     if mine.empty:

@@ -246,7 +246,7 @@ def fixed_costs(config: TrialConfig, device: torch.device, seed: int = 0) -> dic
     timed on the untrained encoder: the GMM's EM may take more or fewer iterations on pretrained latents."""
     from harness.trial.evaluation import evaluate
     from models.init import batch_statistics, data_dependent_init, fit_gmm
-    from models.pretrain import pretrain_autoencoder, pretrain_stacked_denoising
+    from models.pretrain import pretrainer
 
     costs: dict[str, float] = {}
     clock = Stopwatch(device)
@@ -265,10 +265,9 @@ def fixed_costs(config: TrialConfig, device: torch.device, seed: int = 0) -> dic
         data_dependent_init(trial, lambda: trial.loss_terms(batch, generator=generator))
     epochs = config.model.pretrain_epochs
     if epochs:  # linear in its epochs (stacked-denoising: per layer pair and end to end), so one is timed
-        pretrain = pretrain_stacked_denoising if config.model.pretrain == "stacked-denoising" else pretrain_autoencoder
         one_epoch: dict[str, float] = {}
         with clock(one_epoch, "epoch"):
-            pretrain(trial, data.x_train, 1, config.training.batch_size, config.training.lr, generator, lambda s: None)
+            pretrainer(config.model.pretrain)(trial, data.x_train, 1, config.training.batch_size, config.training.lr, generator, lambda s: None)
         costs[f"{config.model.pretrain} pretraining ({epochs} epochs: one timed, times {epochs})"] = \
             one_epoch["epoch"] * epochs
     with clock(costs, f"prior init: encoder over the {len(data.x_train)} training images"):

@@ -23,7 +23,7 @@ from .init import batch_bounds, batch_statistics, data_dependent_init, fit_gmm, 
 from .ladder import (LadderConvDecoder, LadderConvEncoder, LadderMLPDecoder, LadderMLPEncoder,
                      conv_ladder_facets)
 from .likelihoods import make_likelihood
-from .pretrain import pretrain_autoencoder, pretrain_stacked_denoising
+from .pretrain import pretrainer
 from .priors import MixturePrior
 from .shared import SharedConvDecoder, SharedConvEncoder, SharedMLPDecoder, SharedMLPEncoder
 
@@ -218,8 +218,7 @@ class MFCVAE(nn.Module):
                                 per_unit="layer-data-init" not in choices)
             self.train(was_training)
         if self.config.pretrain_epochs:
-            pretrain = pretrain_stacked_denoising if self.config.pretrain == "stacked-denoising" else pretrain_autoencoder
-            pretrain(self, x_train, self.config.pretrain_epochs, batch_size, lr, generator, log)
+            pretrainer(self.config.pretrain)(self, x_train, self.config.pretrain_epochs, batch_size, lr, generator, log)
         if "eval-prior-init" in choices:  # batch norm at its running statistics, as the authors fit it
             self.eval()
             encoder_mode = nullcontext()

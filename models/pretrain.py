@@ -116,3 +116,9 @@ def pretrain_autoencoder(model, x_train: torch.Tensor, epochs: int, batch_size: 
         if epoch + 1 == epochs or (epoch + 1) % max(1, epochs // 10) == 0:
             log(f"autoencoder pretraining epoch {epoch + 1}/{epochs}: reconstruction loss {total / len(x_train):.3f}")
     model.train(was_training)
+
+
+def pretrainer(method: str) -> Callable:
+    """The function `model.pretrain: method` names: pretrain_autoencoder or pretrain_stacked_denoising
+    (looked up when called, so that a test can replace either in this module)."""
+    return pretrain_stacked_denoising if method == "stacked-denoising" else pretrain_autoencoder

@@ -325,10 +325,10 @@ def test_a_pack_whose_every_seed_diverges_is_a_failed_trial(tmp_path):
 def test_a_seed_whose_pretraining_diverges_leaves_the_pack_and_the_others_train(tmp_path, monkeypatch):
     """VaDE's start in a pack: each seed pretrains as its single run would; one whose pretraining loss
     goes non-finite gets that failure record before the pack forms, and the other seeds train on."""
-    import models.mfcvae
+    import models.pretrain
     from models.pretrain import PretrainingDiverged
 
-    original, calls = models.mfcvae.pretrain_autoencoder, []
+    original, calls = models.pretrain.pretrain_autoencoder, []
 
     def diverging_for_the_second_seed(*args, **kwargs):
         calls.append(1)
@@ -336,7 +336,7 @@ def test_a_seed_whose_pretraining_diverges_leaves_the_pack_and_the_others_train(
             raise PretrainingDiverged("non-finite loss in autoencoder pretraining epoch 1 of 2")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(models.mfcvae, "pretrain_autoencoder", diverging_for_the_second_seed)
+    monkeypatch.setattr(models.pretrain, "pretrain_autoencoder", diverging_for_the_second_seed)
     data = json.loads(json.dumps(TINY_BASE))
     data["model"]["pretrain_epochs"] = None  # the default: half the training epochs
     data["training"].update({"epochs_per_step": [3], "seeds": [0, 1, 2]})
